@@ -1,0 +1,44 @@
+"""Job configs: pydantic models validated once, at the edge, then passed down explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.finetune import FineTuneConfig
+
+
+class DemoConfig(BaseModel):
+    """The newcomer's demo: the packaged pretrained default on a generated (or given) dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = "default"
+    weights: str | None = None
+    data: Path | None = Field(None, description="folder-per-class images; generated when unset")
+    images_per_class: int = Field(40, gt=1)
+    image_size: int = Field(96, ge=16)
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+    cut: str = Field("_bn1", description="freeze this node and everything before it")
+    head: str = Field("_fc", description="the output layer, resized to the number of classes")
+    epochs: int = Field(60, gt=0)
+    batch_size: int = Field(64, gt=0)
+    fine_tune: FineTuneConfig = FineTuneConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4)
+    out: Path = Path("runs/demo")
+    seed: int = 0
+
+
+def load_config(cls: type[BaseModel], path: str | None, overrides: list[str]) -> BaseModel:
+    """Read YAML ``path`` (optional) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. epochs=5)")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return cls.model_validate(data or {})
