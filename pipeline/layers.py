@@ -109,6 +109,8 @@ def _ctor_params(module: nn.Module) -> list[inspect.Parameter]:
         params = list(inspect.signature(nn.RNNBase.__init__).parameters.values())[1:]
         if isinstance(module, nn.RNN):
             params.append(inspect.Parameter("nonlinearity", inspect.Parameter.KEYWORD_ONLY))
+        if not isinstance(module, nn.LSTM):  # GRU/RNN refuse proj_size even when it is 0
+            params = [p for p in params if p.name != "proj_size"]
     return params
 
 

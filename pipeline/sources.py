@@ -83,5 +83,7 @@ def _draw(name: str, size: int, rng: random.Random) -> Image.Image:
         for k in range(-size, 2 * size, int(period)):
             draw.line([(k, 0), (k + size * math.tan(angle % 1.2 - 0.6), size)], fill=fg,
                       width=max(1, int(period / 2)))
-    noisy = Image.effect_noise((size, size), rng.uniform(5, 30)).convert("RGB")
-    return Image.blend(image, noisy, 0.15).filter(ImageFilter.GaussianBlur(rng.uniform(0, 1)))
+    # Noise from the seeded generator (PIL's effect_noise has its own, unseeded one).
+    noise = Image.frombytes("L", (size, size), rng.randbytes(size * size)).convert("RGB")
+    blurred = Image.blend(image, noise, rng.uniform(0.05, 0.2))
+    return blurred.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1)))

@@ -220,8 +220,9 @@ class TransferNet(fx.GraphModule):
     unfrozen_graph = trainable  # DL4J TransferLearningHelper.unfrozenGraph
 
     def featurize(self, *inputs) -> dict[str, torch.Tensor]:
-        """Frontier outputs for a batch, without gradients (DL4J helper ``featurize``)."""
-        with torch.inference_mode():
+        """Frontier outputs for a batch, without gradients (DL4J helper ``featurize``).
+        ``no_grad`` rather than ``inference_mode``: the features are meant to be trained on."""
+        with torch.no_grad():
             return self.prefix()(*inputs)
 
     def output_from_featurized(self, features: dict[str, torch.Tensor]):
