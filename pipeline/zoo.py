@@ -133,6 +133,7 @@ def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
     # The enum describes the preprocessing even when the tensors come from elsewhere.
     preprocess = _from_tv_transforms(list(enum)[0].transforms())
     digest = None
+    torch.manual_seed(kwargs.pop("seed", 0))
     if weights and weights in enum.__members__:
         chosen = enum[weights]
         preprocess = _from_tv_transforms(chosen.transforms())
@@ -142,7 +143,6 @@ def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
             raise ZooError(f"could not download torchvision weights {arch}:{weights} ({e}); "
                            "offline, pass a local state_dict path instead") from e
     else:
-        torch.manual_seed(kwargs.pop("seed", 0))
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
         if weights:
             digest = load_weights(model, weights)
