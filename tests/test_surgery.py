@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from pipeline import finetune, zoo
-from pipeline.layers import Concat
 from pipeline.surgery import (ShapeMismatchError, SurgeryError, TraceError, TransferLearning,
                               UnknownNodeError, load)
 
@@ -216,9 +215,8 @@ def test_n_in_replace():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("layer,size", [(nn.Linear(32, 32), None),
-                                        (nn.Conv2d(8, 8, 3, padding=1), None)])
-def test_insert_identity_layer_keeps_outputs(layer, size):
+@pytest.mark.parametrize("layer", [nn.Linear(32, 32), nn.Conv2d(8, 8, 3, padding=1)])
+def test_insert_identity_layer_keeps_outputs(layer):
     after = "fc1" if isinstance(layer, nn.Linear) else "features.0.0"
     net = TransferLearning("tiny:cnn").build().eval()
     x = torch.randn(2, 3, 32, 32)
