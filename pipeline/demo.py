@@ -39,11 +39,6 @@ def _load_images(paths, transform) -> tuple[torch.Tensor, list[int]]:
     return torch.stack(images), kept
 
 
-def _featurize(net, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-    parts = [net.featurize(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return {name: torch.cat([p[name] for p in parts]) for name in net.frontier()}
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo end to end and print what it did; returns the summary."""
     start = time.perf_counter()
@@ -62,7 +57,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     labels = torch.tensor([labels[i] for i in kept])
     is_val = torch.tensor([_is_val(paths[i], cfg.val_fraction) for i in kept])
     t0 = time.perf_counter()
-    features = _featurize(net, images, cfg.batch_size)
+    features = net.featurize(images, batch_size=cfg.batch_size)
     rate = len(images) / (time.perf_counter() - t0)
     train = {k: v[~is_val] for k, v in features.items()}
     val = {k: v[is_val] for k, v in features.items()}
@@ -74,7 +69,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                "val_accuracy": accuracy_from_features(net, val, labels[is_val])}
     net.save(str(cfg.out / "model"))
     reloaded = accuracy_from_features(load(str(cfg.out / "model")), val, labels[is_val])
-    assert reloaded == summary["val_accuracy"], "reloaded network disagrees with the trained one"
+    if reloaded != summary["val_accuracy"]:
+        raise RuntimeError(f"the reloaded network scores {reloaded} on val, the trained one "
+                           f"{summary['val_accuracy']}: save/load lost something")
     summary["seconds"] = round(time.perf_counter() - start, 1)
     print(f"{len(images)} images ({summary['skipped']} skipped), {len(classes)} classes, "
           f"featurized at {rate:.1f} img/s; val accuracy {summary['val_accuracy']:.3f} "

@@ -219,11 +219,15 @@ class TransferNet(fx.GraphModule):
 
     unfrozen_graph = trainable  # DL4J TransferLearningHelper.unfrozenGraph
 
-    def featurize(self, *inputs) -> dict[str, torch.Tensor]:
-        """Frontier outputs for a batch, without gradients (DL4J helper ``featurize``).
-        ``no_grad`` rather than ``inference_mode``: the features are meant to be trained on."""
+    def featurize(self, *inputs, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """Frontier outputs, without gradients (DL4J helper ``featurize``), computed
+        ``batch_size`` examples at a time when given. ``no_grad`` rather than
+        ``inference_mode``: the features are meant to be trained on."""
+        prefix, n = self.prefix(), len(inputs[0])
+        step = batch_size or n
         with torch.no_grad():
-            return self.prefix()(*inputs)
+            parts = [prefix(*[x[i:i + step] for x in inputs]) for i in range(0, n, step)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def output_from_featurized(self, features: dict[str, torch.Tensor]):
         """Network outputs from frontier outputs (DL4J helper ``outputFromFeaturized``)."""

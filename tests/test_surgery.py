@@ -157,6 +157,8 @@ def test_skip_connection_crossing_the_cut(name, cut, frontier):
     features = net.featurize(x)
     assert list(features) == frontier
     assert torch.allclose(net.output_from_featurized(features), net(x), atol=1e-5)
+    in_batches = net.featurize(x, batch_size=1)
+    assert all(torch.allclose(in_batches[k], features[k], atol=1e-5) for k in frontier)
 
 
 def test_nothing_frozen_means_the_input_is_the_frontier():
