@@ -7,7 +7,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.featurize import FeaturizeConfig
 from pipeline.finetune import FineTuneConfig
+from pipeline.sources import DataConfig
 
 
 class DemoConfig(BaseModel):
@@ -42,3 +44,26 @@ def load_config(cls: type[BaseModel], path: str | None, overrides: list[str]) ->
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     return cls.model_validate(data or {})
+
+
+class ModelConfig(BaseModel):
+    """A zoo network and where its frozen prefix ends."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("torchvision:mobilenet_v2", description="zoo name (see pipeline.zoo)")
+    weights: str | None = Field(None, description="path/URI of a .pth/.safetensors state_dict, "
+                                                  "a torchvision enum name, 'hub', or none")
+    kwargs: dict = Field(default_factory=dict, description="constructor arguments")
+
+
+class FeaturizeJobConfig(BaseModel):
+    """``python -m jobs.featurize``: one pass over the images, one feature set per cut."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = ModelConfig()
+    cuts: list[str | list[str]] = Field(["flatten"], min_length=1,
+                                        description="freeze through each of these nodes")
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
+                                                      "cluster, else a new local instance")

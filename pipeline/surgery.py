@@ -203,12 +203,33 @@ class TransferNet(fx.GraphModule):
         graph.output(make_output(env))
         return fx.GraphModule(self, graph, class_name="Subgraph")
 
-    def prefix(self) -> fx.GraphModule:
-        """The frozen part: inputs -> ``{frontier name: tensor}``, in eval mode."""
-        frontier = self._frontier_nodes()
+    def prefix(self, targets: list[str] | None = None) -> fx.GraphModule:
+        """The frozen part: inputs -> ``{name: tensor}``, in eval mode. ``targets`` (frozen node
+        names) defaults to the frontier; a multi-cut featurizer asks for several frontiers."""
+        if targets is None:
+            outs = self._frontier_nodes()
+        else:
+            frozen = self._frozen_nodes()
+            outs = [self.node(t) for t in targets]
+            if thawed := [_qual(n) for n in outs if n not in frozen]:
+                raise SurgeryError(f"prefix targets {thawed} are not frozen; frozen nodes: "
+                                   f"{sorted(self._frozen)}")
         inputs = [n for n in self.graph.nodes if n.op == "placeholder"]
-        gm = self._extract(inputs, frontier, lambda env: {_qual(n): env[n] for n in frontier})
+        gm = self._extract(inputs, outs, lambda env: {_qual(n): env[n] for n in outs})
         return gm.eval()
+
+    def prefix_sha256(self) -> str:
+        """Identity of what featurizing computes: the prefix's code, frontier and tensors.
+        Edits after the frozen set (a new head) leave it unchanged; any change to a frozen
+        weight, the cut or the graph before it changes it."""
+        from safetensors.torch import save as save_tensors
+
+        prefix = self.prefix()
+        state = {k: v.detach().cpu().contiguous() for k, v in prefix.state_dict().items()}
+        digest = hashlib.sha256(prefix.code.encode())
+        digest.update(json.dumps(self.frontier()).encode())
+        digest.update(save_tensors(state) if state else b"")
+        return digest.hexdigest()
 
     def trainable(self) -> fx.GraphModule:
         """The trainable part: frontier tensors (positional, in ``frontier()`` order) -> outputs.
@@ -284,24 +305,29 @@ class TransferNet(fx.GraphModule):
 
     # ------------------------------------------------------------------ save / load
 
-    def save(self, path: str) -> None:
-        """Write ``spec.json`` and ``model.safetensors`` under ``path`` (local or fsspec URI)."""
-        from safetensors.torch import save
+    def to_files(self) -> dict[str, bytes]:
+        """The save format in memory: ``{"spec.json": ..., "model.safetensors": ...}``. This is
+        how a network travels to Ray workers, so no process ever unpickles weights."""
+        from safetensors.torch import save as save_tensors
 
         if not self.spec.get("base"):
             raise SurgeryError("cannot save a network built from an unregistered nn.Module: "
                                "register its constructor with pipeline.zoo.register(name, build) "
                                "and start from TransferLearning(name)")
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        blob = save(state)
+        blob = save_tensors(state)
         spec = dict(self.spec, frozen=sorted(self._frozen),
                     safetensors_sha256=hashlib.sha256(blob).hexdigest())
+        return {"spec.json": json.dumps(spec, indent=1).encode(), "model.safetensors": blob}
+
+    def save(self, path: str) -> None:
+        """Write ``spec.json`` and ``model.safetensors`` under ``path`` (local or fsspec URI)."""
+        files = self.to_files()
         fs, root = fsspec.core.url_to_fs(path)
         fs.makedirs(root, exist_ok=True)
-        with fs.open(f"{root}/model.safetensors", "wb") as f:
-            f.write(blob)
-        with fs.open(f"{root}/spec.json", "w") as f:
-            json.dump(spec, f, indent=1)
+        for name, data in files.items():
+            with fs.open(f"{root}/{name}", "wb") as f:
+                f.write(data)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -323,22 +349,25 @@ class _ShapeRecorder(fx.Interpreter):
 
 def load(path: str) -> TransferNet:
     """Rebuild a saved network: base architecture, replayed ops, tensors loaded strictly."""
-    from safetensors.torch import load as load_tensors
-
     fs, root = fsspec.core.url_to_fs(path)
     try:
-        with fs.open(f"{root}/spec.json") as f:
-            spec = json.load(f)
-        with fs.open(f"{root}/model.safetensors", "rb") as f:
-            blob = f.read()
+        files = {name: fs.cat_file(f"{root}/{name}") for name in ("spec.json", "model.safetensors")}
     except FileNotFoundError as e:
         raise SurgeryError(f"{path!r} is not a saved network: it needs spec.json and "
                            f"model.safetensors ({e})") from e
+    return from_files(files, where=path)
+
+
+def from_files(files: dict[str, bytes], where: str = "the network") -> TransferNet:
+    """Inverse of :meth:`TransferNet.to_files`, with the same checks as :func:`load`."""
+    from safetensors.torch import load as load_tensors
+
+    spec, blob = json.loads(files["spec.json"]), files["model.safetensors"]
     if spec.get("format") != SPEC_FORMAT:
-        raise SurgeryError(f"{path}/spec.json has format {spec.get('format')!r}; "
+        raise SurgeryError(f"{where}/spec.json has format {spec.get('format')!r}; "
                            f"this version reads format {SPEC_FORMAT}")
     if hashlib.sha256(blob).hexdigest() != spec.get("safetensors_sha256"):
-        raise SurgeryError(f"{path}/model.safetensors does not match spec.json (sha256 differs): "
+        raise SurgeryError(f"{where}/model.safetensors does not match spec.json (sha256 differs): "
                            "the file was changed or belongs to another network; refusing to load")
     base = spec["base"]
     builder = TransferLearning(zoo.load_model(base["model"], None, **base["kwargs"]))
@@ -346,14 +375,14 @@ def load(path: str) -> TransferNet:
         builder._replay(op)
     net = builder.build()
     if sorted(net.frozen) != spec["frozen"]:
-        raise SurgeryError(f"{path}: replaying the ops gives frozen set {sorted(net.frozen)}, "
+        raise SurgeryError(f"{where}: replaying the ops gives frozen set {sorted(net.frozen)}, "
                            f"spec.json says {spec['frozen']}; the spec was edited")
     try:
         net.load_state_dict(load_tensors(blob), strict=True)
     except RuntimeError as e:
-        raise SurgeryError(f"{path}: model.safetensors does not fit the network spec.json "
+        raise SurgeryError(f"{where}: model.safetensors does not fit the network spec.json "
                            f"describes: {e}") from e
-    net.spec.update({k: spec[k] for k in ("weights", "weights_sha256") if k in spec})
+    net.spec.update({k: spec[k] for k in ("weights", "weights_sha256", "preprocess") if k in spec})
     return net
 
 

@@ -43,6 +43,13 @@ class Preprocess(BaseModel):
 
     def transform(self):
         """The torchvision v2 transform for a uint8 CHW tensor or PIL image."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([self.resize_crop(), *self.normalize()])
+
+    def resize_crop(self):
+        """The geometric half: PIL image or uint8 tensor -> uint8 CHW crop. Decoders run this
+        and ship uint8 (4x smaller than float) to the model, which runs :meth:`normalize`."""
         from torchvision.transforms import InterpolationMode, v2
 
         return v2.Compose([
@@ -50,9 +57,13 @@ class Preprocess(BaseModel):
             v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation),
                       antialias=True),
             v2.CenterCrop(self.crop_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
         ])
+
+    def normalize(self) -> list:
+        """The numeric half: uint8 -> float32 in [0, 1] -> standardized."""
+        from torchvision.transforms import v2
+
+        return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
 
 IMAGENET = Preprocess(resize_size=256, crop_size=224, mean=(0.485, 0.456, 0.406),

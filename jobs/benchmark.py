@@ -1,0 +1,52 @@
+"""Performance, measured: the pipeline against a plain PyTorch baseline in the same run.
+
+    python -m jobs.benchmark featurize [--images N] [--data DIR] [--model NAME] ...
+    python -m jobs.benchmark featurize-memory [--images N] [--factor 8]
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import ray
+
+from pipeline import benchmark
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("what", choices=["featurize", "featurize-memory"])
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "flowers128",
+                        help="folder per class (default ../shared/data/flowers128, else generated)")
+    parser.add_argument("--model", default="torchvision:mobilenet_v2")
+    parser.add_argument("--weights", default=None, help="default: ../shared mobilenet_v2 weights "
+                        "when present (timing does not depend on the values)")
+    parser.add_argument("--cut", default="flatten")
+    parser.add_argument("--images", type=int, default=None, help="default: all (featurize), "
+                        "250 (featurize-memory)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--factor", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="featurize-memory image size")
+    args = parser.parse_args(argv)
+    weights = args.weights or _shared_weights(args.model)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
+    if args.what == "featurize":
+        benchmark.featurize_benchmark(args.data, args.model, weights, args.cut,
+                                      args.images or 10**9, args.batch_size, args.workers,
+                                      args.actors)
+    else:
+        benchmark.featurize_memory_benchmark(args.model, weights, args.cut, args.images or 250,
+                                             args.factor, args.size, args.batch_size)
+
+
+def _shared_weights(model: str) -> str | None:
+    path = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+    return str(path) if model == "torchvision:mobilenet_v2" and path.exists() else None
+
+
+if __name__ == "__main__":
+    main()
