@@ -25,7 +25,8 @@ from pipeline.zoo import Preprocess
 
 class PeakRSS:
     """Peak resident memory of this process and all its descendants (Ray's workers included
-    when this process started Ray), sampled every 50 ms while in the ``with`` block. Summed as
+    when this process started Ray), sampled once a second while in the ``with`` block (reading PSS is not free: sampling faster
+slowed the measured loops down). Summed as
     PSS (each shared page split among the processes mapping it), since plain RSS would count
     torch's libraries and Ray's shared-memory object store once per process."""
 
@@ -37,7 +38,7 @@ class PeakRSS:
 
     def _sample(self):
         me = psutil.Process()
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(1.0):
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
