@@ -374,6 +374,7 @@ def test_hymenoptera_features_give_a_linear_probe_over_94_percent(ray_local, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the session fixture featurizes 4317 images at 224 px: ~3.5 min here
 @needs_shared(SHARED / "data" / "flowers128", MOBILENET_WEIGHTS)
 def test_flowers_features_give_a_linear_probe_over_70_percent(flowers_features):
     accuracy = _probe_accuracy(flowers_features.tensors("train"), flowers_features.tensors("val"))
