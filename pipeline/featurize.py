@@ -31,6 +31,7 @@ from typing import Literal
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -228,7 +229,7 @@ def write_batch(batch: dict[str, np.ndarray], *, targets: list[tuple[str, dict]]
             fset.write_atomic(fs, f"{root}/{fset.part_name(fset.row_keys(table))}", table)
         if not ok.all():
             bad = ~ok
-            errors = fset.pa.table({**{k: meta[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)},
+            errors = pa.table({**{k: meta[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)},
                                     fset.REASON: batch[ERROR][bad]}, schema=fset.ERROR_SCHEMA)
             fs.makedirs(f"{root}/{fset.ERROR_PARTS}", exist_ok=True)
             fset.write_atomic(fs, f"{root}/{fset.ERROR_PARTS}/{fset.part_name(meta[ID][bad])}",
@@ -362,7 +363,7 @@ def _remaining(items: Items, pending: list[Target], expected: dict[str, int]):
         finished = fset.scan(t.uri).done_items(expected)
         done = finished if done is None else done & finished
     mask = [i not in done for i in items.table.column(ID).to_pylist()]
-    return items.table.filter(fset.pa.array(mask, fset.pa.bool_()))
+    return items.table.filter(pa.array(mask, pa.bool_()))
 
 
 def _threads(cfg: FeaturizeConfig) -> int:
@@ -383,16 +384,17 @@ def _run(net, pending, remaining, items, cfg, progress) -> tuple[int, int]:
     block = max(1, cfg.batch_size // (1 + cfg.views))
     blocks = [remaining.slice(i, block) for i in range(0, remaining.num_rows, block)]
     device = "cuda" if cfg.actor_gpus else "cpu"
+    preprocess = _preprocess(net, cfg)
     ds = (ray.data.from_arrow(blocks)
           .map_batches(decode_batch, batch_size=None, batch_format="numpy",
                        num_cpus=cfg.decode_cpus,
-                       fn_kwargs=dict(preprocess=_preprocess(net, cfg), views=cfg.views,
+                       fn_kwargs=dict(preprocess=preprocess, views=cfg.views,
                                       augment=cfg.augment, max_pixels=cfg.max_image_pixels))
           .map_batches(PrefixModel, batch_size=cfg.batch_size, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                        num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus,
                        fn_constructor_kwargs=dict(
-                           files=union.to_files(), shapes=shapes, preprocess=_preprocess(net, cfg),
+                           files=union.to_files(), shapes=shapes, preprocess=preprocess,
                            dtype=cfg.dtype, device=device, threads=_threads(cfg),
                            channels_last=cfg.channels_last))
           .map_batches(write_batch, batch_size=None, batch_format="numpy", num_cpus=cfg.write_cpus,
