@@ -57,16 +57,12 @@ class AugmentConfig(BaseModel):
     seed: int = 0
 
 
-class FeaturizeConfig(BaseModel):
-    """How featurization runs and what it stores."""
+class StageConfig(BaseModel):
+    """How the decode -> model -> write stages run on Ray Data (featurize and predict)."""
 
     model_config = ConfigDict(extra="forbid")
-    out: str = Field("runs/features", description="root under which feature sets are cached")
+    out: str = Field("runs/features", description="where the output directories go")
     batch_size: int = Field(64, gt=0, description="images per model call")
-    dtype: Literal["float16", "float32"] = "float16"
-    views: int = Field(0, ge=0, description="augmented views per image of augment.splits, "
-                                            "beside the plain view 0")
-    augment: AugmentConfig = AugmentConfig()
     actors: int = Field(1, gt=0, description="model actors (one per GPU on a GPU cluster)")
     actor_cpus: float = Field(0.5, gt=0, description="fractional, so decoders keep running")
     actor_gpus: float = Field(0, ge=0)
@@ -78,7 +74,6 @@ class FeaturizeConfig(BaseModel):
     channels_last: bool = True
     max_image_pixels: int = Field(89_478_485, gt=0, description="larger images are rejected "
                                                                 "as decompression bombs")
-    preprocess: Preprocess | None = Field(None, description="override the network's own")
 
     @model_validator(mode="after")
     def _separate_stages(self):
@@ -89,6 +84,17 @@ class FeaturizeConfig(BaseModel):
                              "differ (e.g. decode_cpus=0.25, actor_cpus=0.5) so decoding stays a "
                              "separate stage that overlaps the model")
         return self
+
+
+class FeaturizeConfig(StageConfig):
+    """How featurization runs and what it stores."""
+
+    out: str = Field("runs/features", description="root under which feature sets are cached")
+    dtype: Literal["float16", "float32"] = "float16"
+    views: int = Field(0, ge=0, description="augmented views per image of augment.splits, "
+                                            "beside the plain view 0")
+    augment: AugmentConfig = AugmentConfig()
+    preprocess: Preprocess | None = Field(None, description="override the network's own")
 
 
 # ---------------------------------------------------------------------------- stage 1: decode
@@ -124,11 +130,12 @@ def read_image(source: str, max_pixels: int) -> Image.Image:
         raise BadImage(f"truncated or corrupt: {e}") from None
 
 
-def _seed(item_id: str, view: int, seed: int) -> int:
+def view_seed(item_id: str, view: int, seed: int) -> int:
+    """A seed per (item, view or epoch, seed): the same crop on every run and worker."""
     return int.from_bytes(hashlib.sha256(f"{item_id}:{view}:{seed}".encode()).digest()[:7], "big")
 
 
-def _augmentation(crop: int, cfg: AugmentConfig):
+def augmentation(crop: int, cfg: AugmentConfig):
     from torchvision.transforms import v2
 
     steps = [v2.ToImage(), v2.RandomResizedCrop(crop, scale=cfg.scale, ratio=cfg.ratio,
@@ -142,7 +149,7 @@ def decode_batch(batch: dict, *, preprocess: Preprocess, views: int, augment: Au
     and crop; views 1..K (for ``augment.splits``) are seeded random crops. An unreadable item
     becomes one row with ``error`` set and a blank image, so the rest of its block carries on."""
     Image.MAX_IMAGE_PIXELS = max_pixels
-    plain, augmented = preprocess.resize_crop(), _augmentation(preprocess.crop_size, augment)
+    plain, augmented = preprocess.resize_crop(), augmentation(preprocess.crop_size, augment)
     blank = np.zeros((3, preprocess.crop_size, preprocess.crop_size), np.uint8)
     rows: dict[str, list] = {k: [] for k in (ID, SOURCE, LABEL, SPLIT, VIEW, ERROR, IMAGE)}
 
@@ -162,7 +169,7 @@ def decode_batch(batch: dict, *, preprocess: Preprocess, views: int, augment: Au
         add(item, 0, "", plain(image).numpy())
         for view in range(1, 1 + (views if item[3] in augment.splits else 0)):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed(item[0], view, augment.seed))
+                torch.manual_seed(view_seed(item[0], view, augment.seed))
                 add(item, view, "", augmented(image).numpy())
     out = {k: np.array(v, dtype=object) for k, v in rows.items() if k in (ID, SOURCE, SPLIT, ERROR)}
     out[LABEL] = np.array(rows[LABEL], np.int32)
@@ -185,11 +192,15 @@ class PrefixModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.shapes, self.dtype = {k: tuple(v) for k, v in shapes.items()}, np.dtype(dtype)
         self.channels_last = channels_last and self.device.type in ("cpu", "cuda")
-        prefix = from_files(files).prefix(list(self.shapes)).to(self.device)
-        self.model = prefix.to(memory_format=torch.channels_last) if self.channels_last else prefix
+        model = self.build(from_files(files)).to(self.device)
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(preprocess.mean, device=self.device).view(shape) * 255
         self.std = torch.tensor(preprocess.std, device=self.device).view(shape) * 255
+
+    def build(self, net: TransferNet) -> torch.nn.Module:
+        """What the actor runs: the frozen prefix up to the requested nodes."""
+        return net.prefix(list(self.shapes))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = batch.pop(IMAGE)
@@ -227,13 +238,25 @@ def write_batch(batch: dict[str, np.ndarray], *, targets: list[tuple[str, dict]]
                                   {name: batch[name][ok] for name in shapes},
                                   fset.feature_schema(shapes, dtype))
             fset.write_atomic(fs, f"{root}/{fset.part_name(fset.row_keys(table))}", table)
-        if not ok.all():
-            bad = ~ok
-            errors = pa.table({**{k: meta[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)},
-                                    fset.REASON: batch[ERROR][bad]}, schema=fset.ERROR_SCHEMA)
-            fs.makedirs(f"{root}/{fset.ERROR_PARTS}", exist_ok=True)
-            fset.write_atomic(fs, f"{root}/{fset.ERROR_PARTS}/{fset.part_name(meta[ID][bad])}",
-                              errors)
+        write_errors(uri, batch)
+    return counts(batch)
+
+
+def write_errors(uri: str, batch: dict[str, np.ndarray]) -> None:
+    """Record the batch's unreadable items under ``uri/_errors/`` (merged by finalize)."""
+    bad = batch[ERROR] != ""
+    if not bad.any():
+        return
+    fs, root = fsspec.core.url_to_fs(uri)
+    errors = pa.table({**{k: batch[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)},
+                       fset.REASON: batch[ERROR][bad]}, schema=fset.ERROR_SCHEMA)
+    fs.makedirs(f"{root}/{fset.ERROR_PARTS}", exist_ok=True)
+    fset.write_atomic(fs, f"{root}/{fset.ERROR_PARTS}/{fset.part_name(batch[ID][bad])}", errors)
+
+
+def counts(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A write stage's output: images done and errors, for the driver's progress line."""
+    ok = batch[ERROR] == ""
     return {"images": np.array([int((ok & (batch[VIEW] == 0)).sum())]),
             "errors": np.array([int((~ok).sum())])}
 
@@ -320,7 +343,7 @@ def featurize(net: TransferNet, items: Items, cfg: FeaturizeConfig,
         remaining = _remaining(items, pending, expected)
         start = time.perf_counter()
         if remaining.num_rows:
-            result.images, result.errors = _run(net, pending, remaining, items, cfg, progress)
+            result.images, result.errors = _run(net, pending, remaining, cfg, progress)
         result.seconds = time.perf_counter() - start
         for t in pending:
             manifest = _manifest(t, items, cfg, net)
@@ -366,51 +389,63 @@ def _remaining(items: Items, pending: list[Target], expected: dict[str, int]):
     return items.table.filter(pa.array(mask, pa.bool_()))
 
 
-def _threads(cfg: FeaturizeConfig) -> int:
-    if cfg.torch_threads:
-        return cfg.torch_threads
-    return max(1, len(os.sched_getaffinity(0)) // cfg.actors)
-
-
-def _run(net, pending, remaining, items, cfg, progress) -> tuple[int, int]:
-    import ray.data
-
+def _run(net, pending, remaining, cfg, progress) -> tuple[int, int]:
     union = (TransferLearning(net).set_feature_extractor(*{c for t in pending for c in t.cut})
              .build()) if any(t.net is not net for t in pending) else net
     shapes = {name: shape for t in pending for name, shape in t.shapes.items()}
     for t in pending:
         fs, root = fsspec.core.url_to_fs(t.uri)
         fs.makedirs(root, exist_ok=True)
-    block = max(1, cfg.batch_size // (1 + cfg.views))
-    blocks = [remaining.slice(i, block) for i in range(0, remaining.num_rows, block)]
-    device = "cuda" if cfg.actor_gpus else "cpu"
     preprocess = _preprocess(net, cfg)
+    return run_stages(
+        remaining, cfg, preprocess, views=cfg.views, augment=cfg.augment,
+        model=PrefixModel, model_kwargs=dict(
+            files=union.to_files(), shapes=shapes, preprocess=preprocess, dtype=cfg.dtype,
+            device="cuda" if cfg.actor_gpus else "cpu", threads=actor_threads(cfg),
+            channels_last=cfg.channels_last),
+        write=write_batch, write_kwargs=dict(targets=[(t.uri, t.shapes) for t in pending],
+                                             dtype=cfg.dtype),
+        progress=progress, label="featurize")
+
+
+def run_stages(remaining: pa.Table, cfg: StageConfig, preprocess: Preprocess, *, views: int,
+               augment: AugmentConfig, model: type, model_kwargs: dict, write: Callable,
+               write_kwargs: dict, progress, label: str) -> tuple[int, int]:
+    """items -> ``decode_batch`` tasks -> ``model`` actors -> ``write`` tasks, on Ray Data;
+    returns (images, errors) as the write stage counted them."""
+    import ray.data
+
+    block = max(1, cfg.batch_size // (1 + views))
+    blocks = [remaining.slice(i, block) for i in range(0, remaining.num_rows, block)]
     ds = (ray.data.from_arrow(blocks)
           .map_batches(decode_batch, batch_size=None, batch_format="numpy",
                        num_cpus=cfg.decode_cpus,
-                       fn_kwargs=dict(preprocess=preprocess, views=cfg.views,
-                                      augment=cfg.augment, max_pixels=cfg.max_image_pixels))
-          .map_batches(PrefixModel, batch_size=cfg.batch_size, batch_format="numpy",
+                       fn_kwargs=dict(preprocess=preprocess, views=views, augment=augment,
+                                      max_pixels=cfg.max_image_pixels))
+          .map_batches(model, batch_size=cfg.batch_size, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                        num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus,
-                       fn_constructor_kwargs=dict(
-                           files=union.to_files(), shapes=shapes, preprocess=preprocess,
-                           dtype=cfg.dtype, device=device, threads=_threads(cfg),
-                           channels_last=cfg.channels_last))
-          .map_batches(write_batch, batch_size=None, batch_format="numpy", num_cpus=cfg.write_cpus,
-                       fn_kwargs=dict(targets=[(t.uri, t.shapes) for t in pending],
-                                      dtype=cfg.dtype)))
+                       fn_constructor_kwargs=model_kwargs)
+          .map_batches(write, batch_size=None, batch_format="numpy", num_cpus=cfg.write_cpus,
+                       fn_kwargs=write_kwargs))
     total, images, errors, start, last = remaining.num_rows, 0, 0, time.perf_counter(), 0.0
-    for counts in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        images, errors = images + int(counts["images"].sum()), errors + int(counts["errors"].sum())
+    for done in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        images, errors = images + int(done["images"].sum()), errors + int(done["errors"].sum())
         now = time.perf_counter()
         if progress is not None and (now - last > 5 or images + errors == total):
             last = now
             rate = images / (now - start)
             end = "\r" if sys.stdout.isatty() and images + errors < total else "\n"
-            print(f"featurize: {images + errors}/{total} images ({errors} errors), "
+            print(f"{label}: {images + errors}/{total} images ({errors} errors), "
                   f"{rate:.1f} images/s", end=end, flush=True)
     return images, errors
+
+
+def actor_threads(cfg: StageConfig) -> int:
+    """torch threads per model actor: the configured number, else the cores split evenly."""
+    if cfg.torch_threads:
+        return cfg.torch_threads
+    return max(1, len(os.sched_getaffinity(0)) // cfg.actors)
 
 
 def _manifest(t: Target, items: Items, cfg: FeaturizeConfig, net: TransferNet) -> dict:
