@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.featurize import FeaturizeConfig
 from pipeline.finetune import FineTuneConfig
+from pipeline.predict import PredictConfig
 from pipeline.sources import DataConfig
+from pipeline.train import TrainConfig
 
 
 class DemoConfig(BaseModel):
@@ -67,3 +70,37 @@ class FeaturizeJobConfig(BaseModel):
     featurize: FeaturizeConfig = FeaturizeConfig()
     ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
                                                       "cluster, else a new local instance")
+
+
+class TrainJobConfig(BaseModel):
+    """``python -m jobs.train``: surgery, featurize when needed (cached), fit, report, export."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = ModelConfig()
+    cut: str | list[str] = Field("flatten", description="freeze through this node (or nodes)")
+    head: str = Field("classifier.1", description="the output layer, resized to the classes")
+    start_from: str | None = Field(None, description="an exported network (e.g. an earlier "
+                                                     "run's model) to continue from: refrozen at "
+                                                     "cut, its trained head kept")
+    hidden: list[int] = Field(default_factory=list, description="widths of Linear+ReLU+Dropout "
+                                                               "blocks inserted before the head")
+    hidden_dropout: float = Field(0.0, ge=0, lt=1)
+    mode: Literal["features", "end_to_end"] = Field(
+        "features", description="features: featurize once (cached), fit on the feature set; "
+                                "end_to_end: decode, augment and run the prefix every epoch")
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    train: TrainConfig = TrainConfig()
+    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
+                                                      "cluster, else a new local instance")
+
+
+class PredictJobConfig(BaseModel):
+    """``python -m jobs.predict``: classify images with an exported network."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="an exported network: a directory with spec.json and "
+                                   "model.safetensors (e.g. <run>/model)")
+    data: DataConfig
+    predict: PredictConfig = PredictConfig()
+    ray_address: str | None = None

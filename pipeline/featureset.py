@@ -42,6 +42,8 @@ ITEM_SCHEMA = pa.schema([pa.field(ID, pa.string(), nullable=False), pa.field(SOU
 META_SCHEMA = ITEM_SCHEMA.append(pa.field(VIEW, pa.int16()))
 ERROR_SCHEMA = ITEM_SCHEMA.append(pa.field(REASON, pa.string()))
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+# Predictions (pipeline.predict) are rows of the same directory format: metadata plus these.
+PREDICTED, CLASS, PROBABILITIES = "predicted", "class", "probabilities"
 COMPRESSION = "zstd"  # smaller than snappy on features, and read by every Parquet reader
 
 
@@ -58,6 +60,13 @@ def feature_schema(shapes: dict[str, tuple[int, ...]], dtype: str) -> pa.Schema:
     fields = [pa.field(name, pa.fixed_shape_tensor(DTYPES[dtype], list(shape)))
               for name, shape in shapes.items()]
     return pa.schema(list(META_SCHEMA) + fields)
+
+
+def prediction_schema(n_classes: int) -> pa.Schema:
+    """Metadata columns plus the predicted class index and name and every class's probability."""
+    return pa.schema(list(META_SCHEMA) + [
+        pa.field(PREDICTED, pa.int32()), pa.field(CLASS, pa.string()),
+        pa.field(PROBABILITIES, pa.fixed_shape_tensor(pa.float32(), [n_classes]))])
 
 
 def to_table(meta: dict[str, np.ndarray], features: dict[str, np.ndarray],
@@ -240,14 +249,25 @@ class FeatureSet:
             table = table.filter(pc.equal(table.column(SPLIT), split))
         return table
 
-    def tensors(self, split: str | None = None, dtype=None):
+    def tensors(self, split: str | None = None, dtype=None, shard: tuple[int, int] = (0, 1),
+                plain: bool = False):
         """``({node: tensor (n, *shape)}, labels)`` sorted by (id, view), so two reads of the same
-        set line up row for row. ``dtype`` (e.g. ``torch.float32``) converts the features."""
+        set line up row for row. ``dtype`` (e.g. ``torch.float32``) converts the features.
+        ``shard=(rank, world)`` keeps every world-th row from rank on, reading only those rows'
+        features (a training worker's share); ``plain`` keeps only view 0 (no augmented views)."""
         import torch
 
-        table = self.table(split)
-        order = pc.sort_indices(table, [(ID, "ascending"), (VIEW, "ascending")])
-        table = table.take(order)
+        order = self._shard_rows(split, shard, plain)
+        parts = []
+        for index, f in enumerate(self.manifest["files"]):
+            rows = order.filter(pc.equal(order.column("_file"), index))
+            if rows.num_rows:
+                table = self._read(f["name"], [LABEL, *self.shapes]).take(rows.column("_row"))
+                parts.append(table.append_column("_pos", rows.column("_pos")))
+        table = (pa.concat_tables(parts) if parts else
+                 feature_schema(self.shapes, self.manifest["dtype"]).empty_table()
+                 .select([LABEL, *self.shapes]).append_column("_pos", pa.array([], pa.int64())))
+        table = table.take(pc.sort_indices(table, [("_pos", "ascending")]))
         features = {}
         for name in self.shapes:
             array = table.column(name).combine_chunks().to_numpy_ndarray()
@@ -255,6 +275,35 @@ class FeatureSet:
             features[name] = tensor.to(dtype) if dtype is not None else tensor
         labels = torch.from_numpy(table.column(LABEL).to_numpy().astype(np.int64))
         return features, labels
+
+    def _read(self, name: str, columns: list[str]) -> pa.Table:
+        fs, root = fsspec.core.url_to_fs(self.uri)
+        return pq.read_table(f"{root}/{name}", columns=columns, filesystem=fs)
+
+    def _shard_rows(self, split, shard: tuple[int, int], plain: bool) -> pa.Table:
+        """(file index, row in file, position) of the selected rows, from the key columns only."""
+        rank, world = shard
+        keys = []
+        for index, f in enumerate(self.manifest["files"]):
+            table = self._read(f["name"], [ID, VIEW, SPLIT])
+            keys.append(table.append_column("_file", pa.array(np.full(table.num_rows, index)))
+                        .append_column("_row", pa.array(np.arange(table.num_rows))))
+        table = pa.concat_tables(keys) if keys else pa.table(
+            {ID: pa.array([], pa.string()), VIEW: pa.array([], pa.int16()),
+             SPLIT: pa.array([], pa.string()), "_file": pa.array([], pa.int64()),
+             "_row": pa.array([], pa.int64())})
+        if split is not None:
+            table = table.filter(pc.equal(table.column(SPLIT), split))
+        if plain:
+            table = table.filter(pc.equal(table.column(VIEW), 0))
+        table = table.take(pc.sort_indices(table, [(ID, "ascending"), (VIEW, "ascending")]))
+        mine = np.arange(rank, table.num_rows, world)
+        return table.take(pa.array(mine, pa.int64())).append_column(
+            "_pos", pa.array(np.arange(len(mine)), pa.int64()))
+
+    def count(self, split: str | None = None, plain: bool = False) -> int:
+        """Rows of ``split`` (view 0 only when ``plain``), from the key columns."""
+        return self._shard_rows(split, (0, 1), plain).num_rows
 
     def pandas(self, split: str | None = None):
         return self.table(split).to_pandas()

@@ -155,6 +155,10 @@ class TransferNet(fx.GraphModule):
                 + f" Valid names, in topological order: {', '.join(valid)}."
                 + " A module path such as 'features.3' selects every node inside it.")
 
+    def inputs_of(self, name: str) -> list[str]:
+        """Names of the nodes that feed node ``name``."""
+        return [_qual(n) for n in self.node(name).all_input_nodes]
+
     def outputs(self) -> list[str]:
         out = next(n for n in self.graph.nodes if n.op == "output")
         return [_qual(n) for n in out.all_input_nodes]
@@ -382,7 +386,8 @@ def from_files(files: dict[str, bytes], where: str = "the network") -> TransferN
     except RuntimeError as e:
         raise SurgeryError(f"{where}: model.safetensors does not fit the network spec.json "
                            f"describes: {e}") from e
-    net.spec.update({k: spec[k] for k in ("weights", "weights_sha256", "preprocess") if k in spec})
+    net.spec.update({k: spec[k] for k in ("weights", "weights_sha256", "preprocess", "classes")
+                     if k in spec})
     return net
 
 

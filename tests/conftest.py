@@ -65,3 +65,26 @@ def flowers_features(_ray_session, tmp_path_factory):
     net = TransferLearning(cfg.model.name, weights=cfg.model.weights).build()
     result = featurize(net, list_items(cfg.data), cfg.featurize, cuts=cfg.cuts)
     return result.feature_sets[0]
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_features(_ray_session, tmp_path_factory):
+    """hymenoptera (its own train/val folders) featurized once per session at mobilenet_v2's
+    penultimate layer through the example config; jobs.train on the same data is a cache hit."""
+    import ray
+
+    from pipeline.config import FeaturizeJobConfig, load_config
+    from pipeline.featurize import featurize
+    from pipeline.sources import list_items
+    from pipeline.surgery import TransferLearning
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    root = SHARED / "data" / "hymenoptera"
+    cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_hymenoptera.yaml"),
+                      [f"featurize.out={tmp_path_factory.mktemp('hymenoptera')}",
+                       f"model.weights={MOBILENET_WEIGHTS}",
+                       (f"data.sources=[{{uri: {root}/train, split: train}},"
+                        f"{{uri: {root}/val, split: val}}]")])
+    net = TransferLearning(cfg.model.name, weights=cfg.model.weights).build()
+    return featurize(net, list_items(cfg.data), cfg.featurize, cuts=cfg.cuts, progress=None)

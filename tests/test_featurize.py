@@ -13,7 +13,6 @@ from PIL import Image
 
 from pipeline import featureset as fset
 from pipeline import sources
-from pipeline.config import FeaturizeJobConfig, load_config
 from pipeline.featureset import FeatureSet
 from pipeline.featurize import (
     BadImage,
@@ -354,23 +353,15 @@ def _probe_accuracy(train, val) -> float:
     return (head(vx).argmax(1) == vy).float().mean().item()
 
 
-def _mobilenet():
-    return (TransferLearning("torchvision:mobilenet_v2", weights=str(MOBILENET_WEIGHTS))
-            .set_feature_extractor("flatten").build())
-
-
 @pytest.mark.slow
 @needs_shared(SHARED / "data" / "hymenoptera", MOBILENET_WEIGHTS)
-def test_hymenoptera_features_give_a_linear_probe_over_94_percent(ray_local, tmp_path):
-    cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_hymenoptera.yaml"),
-                      [f"featurize.out={tmp_path}",
-                       (f"data.sources=[{{uri: {SHARED}/data/hymenoptera/train, split: train}},"
-                        f"{{uri: {SHARED}/data/hymenoptera/val, split: val}}]")])
-    result = featurize(_mobilenet(), sources.list_items(cfg.data), cfg.featurize, progress=None)
-    fs = result.feature_sets[0]
+@pytest.mark.timeout(600)
+def test_hymenoptera_features_give_a_linear_probe_over_94_percent(hymenoptera_features):
+    fs = hymenoptera_features.feature_sets[0]
     accuracy = _probe_accuracy(fs.tensors("train"), fs.tensors("val"))
-    print(f"hymenoptera linear probe: val accuracy {accuracy:.3f}, {result.errors} errors")
-    assert accuracy >= 0.94
+    print(f"hymenoptera linear probe: val accuracy {accuracy:.3f}, "
+          f"{hymenoptera_features.errors} errors")
+    assert accuracy >= 0.94 and fs.errors().num_rows == 0
 
 
 @pytest.mark.slow

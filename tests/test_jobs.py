@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from pipeline.config import DemoConfig, FeaturizeJobConfig, load_config
+from pipeline.config import (DemoConfig, FeaturizeJobConfig, PredictJobConfig, TrainJobConfig,
+                             load_config)
 
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
-KINDS = {"featurize": FeaturizeJobConfig, "demo": DemoConfig}
+KINDS = {"featurize": FeaturizeJobConfig, "demo": DemoConfig, "train": TrainJobConfig,
+         "predict": PredictJobConfig}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

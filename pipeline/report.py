@@ -1,0 +1,121 @@
+"""Training made visible: PNG curves, a confusion matrix and one HTML page tying them together.
+
+Figures are drawn with matplotlib's object API (no pyplot, so no display or global state) and
+written through fsspec, so a run directory on object storage gets its report too.
+
+Example::
+
+    >>> from pipeline.report import write_report
+    >>> history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "train_accuracy": 0.5,
+    ...             "val_accuracy": 0.4}]
+    >>> write_report("/tmp/run", history, None, title="demo")
+    '/tmp/run/report.html'
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import TYPE_CHECKING
+
+import fsspec
+
+if TYPE_CHECKING:
+    from pipeline.train import Evaluation
+
+CURVES = {"loss.png": ("loss", ["train_loss", "val_loss"]),
+          "accuracy.png": ("accuracy", ["train_accuracy", "val_accuracy"])}
+CONFUSION = "confusion.png"
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def curve(history: list[dict], keys: list[str], ylabel: str) -> bytes:
+    """One line per metric in ``keys`` against the epoch."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.2))
+    axes = figure.subplots()
+    epochs = [h["epoch"] for h in history]
+    for key in keys:
+        if history and key in history[0]:
+            axes.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
+    axes.set_xlabel("epoch")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _png(figure)
+
+
+def confusion_plot(confusion: list[list[int]], classes: list[str]) -> bytes:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    from matplotlib.figure import Figure
+
+    size = min(12, 2.5 + 0.45 * len(classes))
+    figure = Figure(figsize=(size, size * 0.85))
+    axes = figure.subplots()
+    image = axes.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=45, ha="right")
+    axes.set_yticks(ticks, classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if len(classes) <= 30:
+        high = max(max(row) for row in confusion) if confusion else 0
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if count > high / 2 else "black")
+    return _png(figure)
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | None,
+                 title: str = "training run") -> str:
+    """Write ``loss.png``, ``accuracy.png``, ``confusion.png`` and ``report.html`` under
+    ``run_dir`` (local path or fsspec URI); returns the report's path."""
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    fs.makedirs(root, exist_ok=True)
+    images = {}
+    for name, (label, keys) in CURVES.items():
+        images[name] = curve(history, keys + [k for k in (history[0] if history else {})
+                                              if k.startswith("val_top") and label == "accuracy"],
+                             label)
+    if evaluation is not None:
+        images[CONFUSION] = confusion_plot(evaluation.confusion, evaluation.classes)
+    for name, data in images.items():
+        with fs.open(f"{root}/{name}", "wb") as f:
+            f.write(data)
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    if evaluation is not None:
+        sections += [f"<h2>Evaluation</h2><p>{html.escape(evaluation.summary())}</p>",
+                     _table([{"class": c, "accuracy": a, "examples": sum(row)}
+                             for (c, a), row in zip(evaluation.per_class.items(),
+                                                    evaluation.confusion)])]
+    sections += ["<h2>Curves</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
+    sections += ["<h2>Epochs</h2>", _table(history)]
+    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
+            "text-align:right}img{max-width:48%;margin:4px}</style>" + "\n".join(sections))
+    with fs.open(f"{root}/report.html", "w") as f:
+        f.write(page)
+    return f"{run_dir.rstrip('/')}/report.html"
