@@ -223,23 +223,24 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __init__(self, table: pa.Table, preprocess: Preprocess, augment: AugmentConfig | None,
                  max_pixels: int):
         self.ids, self.sources = table.column(ID).to_pylist(), table.column(SOURCE).to_pylist()
-        self.preprocess, self.augment, self.max_pixels = preprocess, augment, max_pixels
+        self.size, self.augment, self.max_pixels = preprocess.crop_size, augment, max_pixels
+        self.plain = preprocess.resize_crop()
+        self.augmented = augmentation(preprocess.crop_size, augment) if augment else None
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        size = self.preprocess.crop_size
         try:
             image = read_image(self.sources[i], self.max_pixels)
         except (BadImage, OSError):
-            return torch.zeros(3, size, size, dtype=torch.uint8), False
-        if self.augment is None:
-            return self.preprocess.resize_crop()(image), True
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
+        if self.augmented is None:
+            return self.plain(image), True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(view_seed(self.ids[i], self.epoch, self.augment.seed))
-            return augmentation(size, self.augment)(image), True
+            return self.augmented(image), True
 
 
 class ImageData:
@@ -499,6 +500,9 @@ def _worker(config: dict) -> None:
                                min(cfg.top_k, classes)).all_reduce(world, classes)
         metrics = {"epoch": epoch, **train.metrics("train"), **val.metrics("val"),
                    "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - start}
+        if isinstance(train_data, ImageData):  # unreadable images, skipped in every epoch
+            metrics["skipped_images"] = _sum(train_data.skipped + val_data.skipped, world)
+            train_data.skipped = val_data.skipped = 0
         history.append(metrics)
         attempts[-1].append(epoch)
         evaluation = Evaluation.from_counts(val, config["classes"]).to_json()
@@ -509,6 +513,14 @@ def _worker(config: dict) -> None:
             _maybe_fail(cfg, epoch, config["run_dir"])
     if board is not None:
         board.close()
+
+
+def _sum(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return total.item()
 
 
 def _shards(data: dict, net: TransferNet, cfg: TrainConfig, shard, device):
@@ -547,7 +559,9 @@ def _log(metrics: dict, cfg: TrainConfig, board) -> None:
     print(f"epoch {metrics['epoch']}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} "
           f"acc {metrics['train_accuracy']:.3f} | val loss {metrics['val_loss']:.4f} "
           f"acc {metrics['val_accuracy']:.3f} {top[4:]} {metrics[top]:.3f} | "
-          f"lr {metrics['lr']:.2e} | {metrics['seconds']:.1f} s", flush=True)
+          f"lr {metrics['lr']:.2e} | {metrics['seconds']:.1f} s"
+          + (f" | {metrics['skipped_images']:.0f} unreadable images skipped"
+             if metrics.get("skipped_images") else ""), flush=True)
     if board is not None:
         for key, value in metrics.items():
             if key != "epoch":

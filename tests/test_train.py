@@ -274,6 +274,7 @@ def test_end_to_end_fine_tuning_with_augmentation_keeps_the_prefix_bit_identical
         storage=str(tmp_path), epochs=2, batch_size=8, augment=AugmentConfig(scale=(0.6, 1.0)),
         fine_tune=FineTuneConfig(lr=0.01)))
     assert result.attempts == [[1, 2]]
+    assert [h["skipped_images"] for h in result.history] == [1, 1]  # broken.png, each epoch
     assert _same(before, _frozen(net))
     after = net.trainable().state_dict()
     assert any(not torch.equal(trainable_before[k], after[k]) for k in after)
