@@ -4,22 +4,17 @@
     ray job submit --working-dir . -- python -m jobs.featurize --config FILE [key=value ...]
 """
 
-import argparse
-
 import ray
 
-from pipeline.config import FeaturizeJobConfig, load_config
+from jobs._cli import config_from_args
+from pipeline.config import FeaturizeJobConfig
 from pipeline.featurize import featurize
 from pipeline.sources import list_items
 from pipeline.surgery import TransferLearning
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--config", help="YAML file with FeaturizeJobConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. featurize.dtype=float32")
-    args = parser.parse_args(argv)
-    cfg = load_config(FeaturizeJobConfig, args.config, args.overrides)
+    cfg = config_from_args(__doc__, FeaturizeJobConfig, "featurize.dtype=float32", argv)
     net = TransferLearning(cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs).build()
     items = list_items(cfg.data)
     ray.init(address=cfg.ray_address)

@@ -4,20 +4,15 @@
     ray job submit --working-dir . -- python -m jobs.predict --config FILE [key=value ...]
 """
 
-import argparse
-
 import ray
 
-from pipeline.config import PredictJobConfig, load_config
+from jobs._cli import config_from_args
+from pipeline.config import PredictJobConfig
 from pipeline.predict import run_job
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--config", help="YAML file with PredictJobConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=runs/train/x/model")
-    args = parser.parse_args(argv)
-    cfg = load_config(PredictJobConfig, args.config, args.overrides)
+    cfg = config_from_args(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
     ray.init(address=cfg.ray_address)
     run_job(cfg)
 

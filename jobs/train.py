@@ -4,20 +4,15 @@
     ray job submit --working-dir . -- python -m jobs.train --config FILE [key=value ...]
 """
 
-import argparse
-
 import ray
 
-from pipeline.config import TrainJobConfig, load_config
+from jobs._cli import config_from_args
+from pipeline.config import TrainJobConfig
 from pipeline.train import run_job
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--config", help="YAML file with TrainJobConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=5")
-    args = parser.parse_args(argv)
-    cfg = load_config(TrainJobConfig, args.config, args.overrides)
+    cfg = config_from_args(__doc__, TrainJobConfig, "train.epochs=5", argv)
     ray.init(address=cfg.ray_address)
     run_job(cfg)
 

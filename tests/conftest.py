@@ -26,6 +26,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+def start_ray():
+    """The session's local Ray, started unless it is up (a multi-node test may have shut it
+    down). ``address="local"`` so a cluster running on the machine is never joined by accident."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def _ray_session():
     import ray
@@ -36,28 +46,20 @@ def _ray_session():
 
 @pytest.fixture
 def ray_local(_ray_session):
-    """One local Ray instance for the session (re-started if a multi-node test shut it down).
-    ``address="local"`` so a cluster running on the machine is never joined by accident."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    return ray
+    """The session's local Ray (see :func:`start_ray`)."""
+    return start_ray()
 
 
 @pytest.fixture(scope="session")
 def flowers_features(_ray_session, tmp_path_factory):
     """flowers128 featurized once per session at mobilenet_v2's penultimate layer (80/20 split),
     through the example job config; tests that need real features share it."""
-    import ray
-
     from pipeline.config import FeaturizeJobConfig, load_config
     from pipeline.featurize import featurize
     from pipeline.sources import list_items
     from pipeline.surgery import TransferLearning
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_flowers.yaml"),
                       [f"featurize.out={tmp_path_factory.mktemp('flowers')}", "cuts=[flatten]",
                        f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
@@ -71,15 +73,12 @@ def flowers_features(_ray_session, tmp_path_factory):
 def hymenoptera_features(_ray_session, tmp_path_factory):
     """hymenoptera (its own train/val folders) featurized once per session at mobilenet_v2's
     penultimate layer through the example config; jobs.train on the same data is a cache hit."""
-    import ray
-
     from pipeline.config import FeaturizeJobConfig, load_config
     from pipeline.featurize import featurize
     from pipeline.sources import list_items
     from pipeline.surgery import TransferLearning
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     root = SHARED / "data" / "hymenoptera"
     cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_hymenoptera.yaml"),
                       [f"featurize.out={tmp_path_factory.mktemp('hymenoptera')}",

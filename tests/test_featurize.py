@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
+from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared, start_ray
 from PIL import Image
 
 from pipeline import featureset as fset
@@ -60,10 +60,7 @@ def _reference(net, cut, paths):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, _ray_session):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     root = tmp_path_factory.mktemp("featurize")
     sources.generate_shapes(root / "data", per_class=8, size=32)
     bad = _add_bad_files(root / "data")

@@ -4,12 +4,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import start_ray
 
 from pipeline import featureset as fset
 from pipeline import sources
 from pipeline.featurize import read_image
-from pipeline.predict import (PredictConfig, Predictor, output_from_featurized, predict,
-                              read_predictions)
+from pipeline.predict import (
+    PredictConfig,
+    Predictor,
+    output_from_featurized,
+    predict,
+    read_predictions,
+)
 from pipeline.surgery import TransferLearning, load
 from pipeline.zoo import Preprocess
 
@@ -46,10 +52,7 @@ def test_predictor_is_the_whole_network_on_uint8_images():
 
 @pytest.fixture(scope="module")
 def predicted(images, tmp_path_factory, _ray_session):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     out = str(tmp_path_factory.mktemp("predictions") / "out")
     assert predict(_net(), images[1], PredictConfig(out=out, batch_size=8), progress=None) == out
     return out

@@ -16,7 +16,8 @@ def test_evaluation_counts_per_class_and_confusion():
 
 
 def test_report_writes_pngs_and_a_page_that_links_them(tmp_path):
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5 + e / 10,
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+                "train_accuracy": 0.5 + e / 10,
                 "val_accuracy": 0.4 + e / 10, "val_top2": 0.9} for e in (1, 2, 3)]
     evaluation = Evaluation(["ant", "bee"], 10, 0.3, 0.8, {2: 1.0}, [[4, 1], [1, 4]])
     page = write_report(str(tmp_path), history, evaluation, title="ants <vs> bees")

@@ -7,7 +7,7 @@ import copy
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
+from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared, start_ray
 
 from pipeline import sources
 from pipeline.config import TrainJobConfig, load_config
@@ -91,10 +91,7 @@ def test_epoch_order_is_seeded_and_gives_every_rank_the_same_number_of_steps():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, _ray_session):
     """Generated shapes (plus one corrupt file), featurized in float32 at two cuts."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray()
     root = tmp_path_factory.mktemp("train")
     sources.generate_shapes(root / "data", per_class=12, size=32)
     (root / "data" / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
