@@ -86,9 +86,10 @@ def fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def directory_name(model: str, cut: list[str], digest: str) -> str:
-    """A readable, unique directory name: ``<model>-<cut>-<fingerprint[:16]>``."""
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "_", f"{model}-{'+'.join(cut)}")[:80]
+def directory_name(model: str, frontier: list[str], digest: str) -> str:
+    """A readable, unique directory name: ``<model>-<frontier>-<fingerprint[:16]>`` (the
+    frontier, not the name the cut was given, so two names for one cut share a directory)."""
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "_", f"{model}-{'+'.join(frontier)}")[:80]
     return f"{slug}-{digest[:16]}"
 
 

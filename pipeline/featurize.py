@@ -317,8 +317,10 @@ def plan(net: TransferNet, items: Items, cfg: FeaturizeConfig,
             "frontier": {k: list(v) for k, v in variant.frontier_shapes().items()},
             "preprocess": preprocess.model_dump(), "dtype": cfg.dtype, "views": cfg.views,
             "augment": cfg.augment.model_dump() if cfg.views else None, "data": items.fingerprint}
-        digest = fset.fingerprint(identity)
-        name = fset.directory_name(str(base.get("model", "net")), cut, digest)
+        # the cut's name is kept for people, not hashed: "features.16" and "features.16.add"
+        # freeze the same nodes, and the frozen set, frontier and prefix hash say so
+        digest = fset.fingerprint({k: v for k, v in identity.items() if k != "cut"})
+        name = fset.directory_name(str(base.get("model", "net")), variant.frontier(), digest)
         targets.append(Target(cut, variant, dict(identity, fingerprint=digest),
                               f"{cfg.out.rstrip('/')}/{name}"))
     return targets

@@ -53,7 +53,8 @@ def ray_local(_ray_session):
 @pytest.fixture(scope="session")
 def flowers_features(_ray_session, tmp_path_factory):
     """flowers128 featurized once per session at mobilenet_v2's penultimate layer (80/20 split),
-    through the example job config; tests that need real features share it."""
+    through the example job config; tests that need real features share it. The same pass also
+    writes the features.16 set that the fine-tuning step reads (a cache hit there)."""
     from pipeline.config import FeaturizeJobConfig, load_config
     from pipeline.featurize import featurize
     from pipeline.sources import list_items
@@ -61,7 +62,8 @@ def flowers_features(_ray_session, tmp_path_factory):
 
     start_ray()
     cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_flowers.yaml"),
-                      [f"featurize.out={tmp_path_factory.mktemp('flowers')}", "cuts=[flatten]",
+                      [f"featurize.out={tmp_path_factory.mktemp('flowers')}",
+                       "cuts=[flatten, features.16]",
                        f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
                        f"model.weights={MOBILENET_WEIGHTS}"])
     net = TransferLearning(cfg.model.name, weights=cfg.model.weights).build()

@@ -326,16 +326,23 @@ def test_flowers_frozen_features_reach_74_percent(flowers_frozen):
 @pytest.mark.shared
 @needs_shared(SHARED / "data" / "flowers128", MOBILENET_WEIGHTS)
 @pytest.mark.timeout(1500)
-def test_flowers_top_blocks_fine_tuned_end_to_end_beat_frozen(flowers_frozen, tmp_path, ray_local):
-    """Step 2: features.17-18 unfrozen, trained on augmented images, from step 1's model."""
+def test_flowers_top_blocks_fine_tuned_beat_frozen(flowers_frozen, flowers_features, tmp_path,
+                                                   ray_local):
+    """Steps 2 and 3: features.17-18 unfrozen and trained with the head from step 1's model, on
+    cached features.16 outputs, then polished end to end on augmented images."""
+    flowers = f"data.sources=[{SHARED / 'data' / 'flowers128'}]"
     cfg = _job("train_flowers_finetune.yaml", tmp_path, f"start_from={flowers_frozen.model}",
-               f"data.sources=[{SHARED / 'data' / 'flowers128'}]")
-    result = run_job(cfg, progress=None)
-    print(result.summary())
-    frozen_before = load(flowers_frozen.model)
-    assert result.evaluation.n == flowers_frozen.evaluation.n
-    assert result.evaluation.accuracy > flowers_frozen.evaluation.accuracy
-    assert result.evaluation.loss < flowers_frozen.evaluation.loss
-    unchanged = {k for k in result.net.frozen_parameter_names()}
-    assert all(torch.equal(result.net.state_dict()[k], frozen_before.state_dict()[k])
-               for k in unchanged)
+               flowers, f"featurize.out={flowers_features.uri.rsplit('/', 1)[0]}")
+    tuned = run_job(cfg, progress=None)
+    print(tuned.summary())
+    frozen = flowers_frozen.evaluation
+    assert tuned.evaluation.n == frozen.n
+    assert tuned.evaluation.accuracy > frozen.accuracy
+    cfg = _job("train_flowers_e2e.yaml", tmp_path, f"start_from={tuned.model}", flowers)
+    polished = run_job(cfg, progress=None)
+    print(polished.summary())
+    assert polished.evaluation.accuracy > frozen.accuracy
+    assert polished.evaluation.loss < frozen.loss
+    before = load(tuned.model).state_dict()
+    assert all(torch.equal(polished.net.state_dict()[k], before[k])
+               for k in polished.net.frozen_parameter_names())
