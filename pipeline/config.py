@@ -13,6 +13,7 @@ from pipeline.finetune import FineTuneConfig
 from pipeline.predict import PredictConfig
 from pipeline.sources import DataConfig
 from pipeline.train import TrainConfig
+from pipeline.tune import AshaConfig, CompareConfig, SearchSpace
 
 
 class DemoConfig(BaseModel):
@@ -93,6 +94,44 @@ class TrainJobConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
                                                       "cluster, else a new local instance")
+
+
+class TuneJobConfig(BaseModel):
+    """``python -m jobs.tune``: featurize every cut in the space once, sweep on Ray Tune, write
+    the results table, plots, best network and report. ``preset: compare`` runs the three-row
+    scratch / frozen / fine-tuned comparison instead of the search space."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="default: a hash of the settings and the data; "
+                                               "re-running the same name resumes the sweep")
+    storage: str = Field("runs/tune", description="local path or URI the sweeps are written to")
+    preset: Literal["sweep", "compare"] = "sweep"
+    model: ModelConfig = ModelConfig()
+    head: str = Field("classifier.1", description="the output layer, resized to the classes")
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    space: SearchSpace = SearchSpace()
+    compare: CompareConfig = CompareConfig()
+    num_samples: int = Field(8, gt=0, description="trials sampled (times each grid point)")
+    seed: int = Field(0, description="seeds the sampler and every trial's initialisation")
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    asha: AshaConfig | None = Field(AshaConfig(), description="early stopping; null: none")
+    train: TrainConfig = Field(TrainConfig(), description=(
+        "per-trial settings not in the space: splits, bn_eval, label smoothing, augment (trials "
+        "then read images), workers/use_gpu (trials then run a TorchTrainer)"))
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial that trains in its "
+                                                         "own process")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="default: what the "
+                                                                      "cluster's CPUs allow")
+    feature_cache: Literal["shared", "per_trial"] = Field(
+        "shared", description="shared: every cut featurized once before the trials; per_trial: "
+                              "each trial featurizes for itself (the benchmark's baseline)")
+    ray_address: str | None = None
+
+    def test_splits(self) -> list[str]:
+        """Splits of the data besides train and val that are evaluated at the end (``test``)."""
+        return [s for s in self.data.splits if s == "test"]
 
 
 class PredictJobConfig(BaseModel):

@@ -89,12 +89,28 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _write_images(directory: str, images: dict[str, bytes]) -> None:
+    fs, root = fsspec.core.url_to_fs(directory)
+    fs.makedirs(root, exist_ok=True)
+    for name, data in images.items():
+        with fs.open(f"{root}/{name}", "wb") as f:
+            f.write(data)
+
+
+def _write_page(directory: str, title: str, sections: list[str]) -> str:
+    fs, root = fsspec.core.url_to_fs(directory)
+    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
+            "text-align:right}img{max-width:48%;margin:4px}</style>" + "\n".join(sections))
+    with fs.open(f"{root}/report.html", "w") as f:
+        f.write(page)
+    return f"{directory.rstrip('/')}/report.html"
+
+
 def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | None,
                  title: str = "training run") -> str:
     """Write ``loss.png``, ``accuracy.png``, ``confusion.png`` and ``report.html`` under
     ``run_dir`` (local path or fsspec URI); returns the report's path."""
-    fs, root = fsspec.core.url_to_fs(run_dir)
-    fs.makedirs(root, exist_ok=True)
     images = {}
     for name, (label, keys) in CURVES.items():
         images[name] = curve(history, keys + [k for k in (history[0] if history else {})
@@ -102,9 +118,7 @@ def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | Non
                              label)
     if evaluation is not None:
         images[CONFUSION] = confusion_plot(evaluation.confusion, evaluation.classes)
-    for name, data in images.items():
-        with fs.open(f"{root}/{name}", "wb") as f:
-            f.write(data)
+    _write_images(run_dir, images)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if evaluation is not None:
         sections += [f"<h2>Evaluation</h2><p>{html.escape(evaluation.summary())}</p>",
@@ -113,9 +127,54 @@ def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | Non
                                                     evaluation.confusion)])]
     sections += ["<h2>Curves</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
     sections += ["<h2>Epochs</h2>", _table(history)]
-    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
-            "text-align:right}img{max-width:48%;margin:4px}</style>" + "\n".join(sections))
-    with fs.open(f"{root}/report.html", "w") as f:
-        f.write(page)
-    return f"{run_dir.rstrip('/')}/report.html"
+    return _write_page(run_dir, title, sections)
+
+
+def scatter(rows: list[dict], x: str, y: str, xlabel: str, log: bool = False) -> bytes:
+    """One point per trial: ``y`` against ``x`` (trials without both are left out)."""
+    from matplotlib.figure import Figure
+
+    points = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) == r.get(y)]
+    figure = Figure(figsize=(5, 3.2))
+    axes = figure.subplots()
+    axes.scatter([p[0] for p in points], [p[1] for p in points])
+    if log:
+        axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(y.replace("_", " "))
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+SWEEP_COLUMNS = ("trial", "row", "unfreeze", "lr", "weight_decay", "width", "depth", "dropout",
+                 "optimizer", "batch_size", "epochs", "epochs_run", "best", "best_epoch", "final",
+                 "best_train_accuracy", "best_val_loss", "seconds", "status")
+
+
+def write_sweep_report(sweep_dir: str, table: list[dict], best: dict, best_model: str,
+                       compare: list[dict], title: str = "sweep") -> str:
+    """Write ``by_unfreeze.png``, ``by_lr.png`` and ``report.html`` (the comparison table when
+    given, the best trial, every trial) under ``sweep_dir``; returns the report's path."""
+    depth = [dict(r, unfrozen=_unfrozen(r.get("unfreeze"))) for r in table]
+    images = {"by_unfreeze.png": scatter(depth, "unfrozen", "best",
+                                         "unfrozen blocks (-1: all, a name: that cut)")}
+    if any(r.get("lr") is not None for r in table):
+        images["by_lr.png"] = scatter(table, "lr", "best", "learning rate", log=True)
+    _write_images(sweep_dir, images)
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    if compare:
+        sections += ["<h2>Scratch vs frozen vs fine-tuned</h2>", _table(compare)]
+    sections += [f"<h2>Best trial</h2><p>{html.escape(best['trial'])}: {best['metric']} "
+                 f"{best['best']:.4f} at epoch {best.get('best_epoch')}, unfreeze "
+                 f"{html.escape(str(best['unfreeze']))}; network exported to "
+                 f"{html.escape(best_model)}</p>"]
+    sections += ["<h2>Plots</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
+    sections += ["<h2>Trials</h2>", _table([{k: r.get(k) for k in SWEEP_COLUMNS if k in r}
+                                            for r in table])]
+    return _write_page(sweep_dir, title, sections)
+
+
+def _unfrozen(unfreeze) -> float | None:
+    """An unfreeze value as a number of top blocks (``all`` is -1), or None for a node name."""
+    text = str(unfreeze).removeprefix("top:")
+    return -1 if text == "all" else int(text) if text.isdigit() else None

@@ -163,6 +163,46 @@ class TransferNet(fx.GraphModule):
         out = next(n for n in self.graph.nodes if n.op == "output")
         return [_qual(n) for n in out.all_input_nodes]
 
+    def blocks(self) -> list[str]:
+        """The network's natural block boundaries, in graph order, output layers excluded:
+        module paths a cut can name ("freeze through features.16", "unfreeze the top 2").
+
+        Top-level modules that hold parameters; one with several such children is opened into
+        them when its name says it holds blocks (``features``, ``blocks``, ``layers``, ``stages``,
+        ``*_blocks``) or when the network has fewer than four such modules (tracing keeps the
+        module tree but not the container types, so names and counts decide).
+        torchvision's mobilenet_v2 gives ``features.0`` .. ``features.18``, resnets ``layer1`` ..
+        ``layer4`` (with the stem's modules before them)."""
+        tops = self._children_with_parameters("")
+        blocks = []
+        for top in tops:
+            children = self._children_with_parameters(top)
+            opens = len(children) > 1 and (
+                len(tops) < 4 or top.lstrip("_") in ("features", "blocks", "layers", "stages")
+                or top.endswith("_blocks"))
+            blocks.extend(children if opens else [top])
+        outputs = self.outputs()
+        return [b for b in blocks if not any(o == b or o.startswith(b + ".") for o in outputs)]
+
+    def _children_with_parameters(self, parent: str) -> list[str]:
+        """Module paths one level below ``parent`` that own parameters, in graph order."""
+        prefix, seen = parent + "." if parent else "", []
+        for name in self.nodes():
+            if not name.startswith(prefix):
+                continue
+            child = prefix + name[len(prefix):].split(".")[0]
+            if child not in seen:
+                seen.append(child)
+        found = []
+        for child in seen:
+            try:
+                module = self.get_submodule(child)
+            except AttributeError:  # a functional op at this level (flatten, add)
+                continue
+            if next(module.parameters(), None) is not None:
+                found.append(child)
+        return found
+
     @property
     def frozen(self) -> frozenset[str]:
         """Names of the frozen nodes."""

@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -203,9 +203,25 @@ def should_stop(history: list[dict], metric: str, mode: str, patience: int | Non
 class FeatureData:
     """A worker's shard of a feature-set split, in memory: frontier tensors -> batches."""
 
-    def __init__(self, fs: FeatureSet, split: str, shard: tuple[int, int], plain: bool):
-        self.features, self.labels = fs.tensors(split, torch.float32, shard=shard, plain=plain)
-        self.names = list(fs.shapes)
+    def __init__(self, fs: FeatureSet | None, split: str = "", shard: tuple[int, int] = (0, 1),
+                 plain: bool = False):
+        if fs is not None:
+            self.features, self.labels = fs.tensors(split, torch.float32, shard=shard,
+                                                    plain=plain)
+            self.names = list(fs.shapes)
+
+    @classmethod
+    def of_images(cls, images: ImageData, device) -> FeatureData:
+        """Run the frozen prefix over ``images`` once and hold the result: a trial that
+        featurizes for itself (the per-trial baseline of ``jobs.benchmark sweep``)."""
+        data, parts, labels = cls(None), [], []
+        for inputs, y in images.batches(_in_order(len(images)), 0, device):
+            parts.append(inputs)
+            labels.append(y)
+        data.names = images.names
+        data.features = {n: torch.cat([p[i] for p in parts]) for i, n in enumerate(data.names)}
+        data.labels = torch.cat(labels)
+        return data
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -459,16 +475,50 @@ def _copy_back(net: TransferNet, checkpoint) -> None:
 
 # ---------------------------------------------------------------------------- the worker
 
-def _worker(config: dict) -> None:
-    """One Ray Train worker: read its shard, train, report a checkpoint every epoch."""
+@dataclass
+class Session:
+    """Where the epoch loop runs: a Ray Train worker, or a Ray Tune trial training in its own
+    process. The loop, its checkpoints and its resume are the same in both."""
+
+    rank: int
+    world: int
+    device: torch.device
+    get_checkpoint: Callable
+    report: Callable  # (metrics, checkpoint=...)
+    checkpoint_type: type
+    prepare: Callable  # the trainable module -> what the loop trains (DDP under Ray Train)
+    board: bool = True  # TensorBoard events (Tune writes its own)
+
+
+def _train_session() -> Session:
     import ray.train
     import ray.train.torch
 
-    cfg = TrainConfig.model_validate(config["train"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    return Session(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                   ray.train.get_checkpoint, ray.train.report, ray.train.Checkpoint,
+                   ray.train.torch.prepare_model)
+
+
+def tune_session(device: str = "cpu") -> Session:
+    """The session of a Tune trial that trains in its own process (one rank)."""
+    from ray import tune
+
+    return Session(0, 1, torch.device(device), tune.get_checkpoint, tune.report, tune.Checkpoint,
+                   lambda model: model, board=False)
+
+
+def train_worker(config: dict) -> None:
+    """One Ray Train worker: read its shard, train, report a checkpoint every epoch."""
+    train_loop(config, _train_session())
+
+
+def train_loop(config: dict, session: Session) -> None:
+    """Read this rank's shard, train ``config["train"]["epochs"]`` epochs (resuming from the
+    session's checkpoint), report metrics and a checkpoint every epoch."""
+    cfg = TrainConfig.model_validate(config["train"])
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = ray.train.torch.get_device()
     net = from_files(config["files"]).to(device)
     fine_tune = cfg.fine_tune or FineTuneConfig(**net.spec.get("fine_tune", {}))
     train_data, val_data = _shards(config["data"], net, cfg, (rank, world), device)
@@ -476,7 +526,7 @@ def _worker(config: dict) -> None:
     steps = math.ceil(per_rank / cfg.batch_size)
     opt, sched = build_optimizer(net, fine_tune, total_steps=cfg.epochs * steps)
     state = {"history": [], "attempts": []}
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
+    if (checkpoint := session.get_checkpoint()) is not None:
         from safetensors.torch import load as load_tensors
 
         state, blob, optimizer = _read_checkpoint(checkpoint)
@@ -484,10 +534,10 @@ def _worker(config: dict) -> None:
         _load_optimizer(opt, sched, state, optimizer)
     if rank == 0 and isinstance(train_data, ImageData):
         train_data.say_every = 30.0
-    model = ray.train.torch.prepare_model(net.trainable())
+    model = session.prepare(net.trainable())
     history, attempts = state["history"], state["attempts"] + [[]]
     classes = len(config["classes"])
-    board = _board(config["run_dir"]) if rank == 0 else None
+    board = _board(config["run_dir"]) if rank == 0 and session.board else None
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         if should_stop(history, cfg.metric, cfg.mode, cfg.patience):
             break
@@ -506,7 +556,7 @@ def _worker(config: dict) -> None:
         history.append(metrics)
         attempts[-1].append(epoch)
         evaluation = Evaluation.from_counts(val, config["classes"]).to_json()
-        _report(metrics, rank, net, opt, sched,
+        _report(metrics, session, net, opt, sched,
                 {"history": history, "attempts": attempts, "evaluation": evaluation})
         if rank == 0:
             _log(metrics, cfg, board)
@@ -529,20 +579,21 @@ def _shards(data: dict, net: TransferNet, cfg: TrainConfig, shard, device):
         return (FeatureData(fs, cfg.train_split, shard, plain=False),
                 FeatureData(fs, cfg.val_split, shard, plain=True))
     preprocess = Preprocess(**data["preprocess"])
-    return tuple(ImageData(data["items"], split, shard, net, preprocess, augment,
-                           cfg.max_image_pixels, device)
-                 for split, augment in ((cfg.train_split, cfg.augment), (cfg.val_split, None)))
+    shards = tuple(ImageData(data["items"], split, shard, net, preprocess, augment,
+                             cfg.max_image_pixels, device)
+                   for split, augment in ((cfg.train_split, cfg.augment), (cfg.val_split, None)))
+    if data["kind"] == "featurize_once":  # the prefix runs once, not every epoch
+        return tuple(FeatureData.of_images(images, device) for images in shards)
+    return shards
 
 
-def _report(metrics: dict, rank: int, net, opt, sched, state: dict) -> None:
-    import ray.train
-
+def _report(metrics: dict, session: Session, net, opt, sched, state: dict) -> None:
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
-        if rank == 0:  # one copy of the weights; the other ranks hold the same (DDP)
+        if session.rank == 0:  # one copy of the weights; the other ranks hold the same (DDP)
             _save_checkpoint(directory, net, opt, sched, state)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
+            checkpoint = session.checkpoint_type.from_directory(directory)
+        session.report(metrics, checkpoint=checkpoint)
 
 
 def _board(run_dir: str):
@@ -616,7 +667,7 @@ def fit_featurized(net: TransferNet, feature_set: FeatureSet | str,
     config = config or TrainConfig()
     fs = FeatureSet.open(feature_set) if isinstance(feature_set, str) else feature_set
     check_feature_set(net, fs)
-    data = {"kind": "features", "uri": _absolute(fs.uri), "rows": fs.count(config.train_split)}
+    data = {"kind": "features", "uri": absolute_uri(fs.uri), "rows": fs.count(config.train_split)}
     _check_rows(data["rows"], fs.count(config.val_split, plain=True), config, fs.uri)
     return _fit(net, data, fs.manifest["fingerprint"], fs.classes, config)
 
@@ -644,7 +695,7 @@ def _check_rows(train: int, val: int, cfg: TrainConfig, where: str) -> None:
                          "train.mode=min")
 
 
-def _absolute(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
@@ -665,11 +716,11 @@ def _fit(net: TransferNet, data: dict, identity: str, classes: list[str],
     from ray.train.torch import TorchTrainer
 
     name = cfg.name or run_name(net, identity, cfg)
-    storage = _absolute(cfg.storage)
+    storage = absolute_uri(cfg.storage)
     run_dir = f"{storage.rstrip('/')}/{name}"
     start = time.perf_counter()
     trainer = TorchTrainer(
-        _worker,
+        train_worker,
         train_loop_config={"train": cfg.model_dump(mode="json"), "files": net.to_files(),
                            "data": data, "run_dir": run_dir, "classes": classes},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
@@ -742,11 +793,14 @@ def build_network(cfg: TrainJobConfig, classes: list[str]) -> TransferNet:
         if net.spec.get("classes") != classes:
             raise ValueError(f"{cfg.start_from} was trained on classes {net.spec.get('classes')}, "
                              f"the data has {classes}")
-        return (TransferLearning(net).set_feature_extractor(*cut)
-                .fine_tune_configuration(fine_tune).build())
+        net = (TransferLearning(net).set_feature_extractor(*cut)
+               .fine_tune_configuration(fine_tune).build())
+        net.spec["classes"] = classes
+        return net
     torch.manual_seed(fine_tune.seed)
-    builder = (TransferLearning(cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs)
-               .set_feature_extractor(*cut))
+    builder = TransferLearning(cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs)
+    if cut:  # no cut: nothing frozen (training from scratch, or all of a pretrained network)
+        builder.set_feature_extractor(*cut)
     net = builder.build()
     after, width = net.inputs_of(cfg.head)[0], in_size(net.get_submodule(cfg.head))
     for i, hidden in enumerate(cfg.hidden):
@@ -756,8 +810,9 @@ def build_network(cfg: TrainJobConfig, classes: list[str]) -> TransferNet:
         after, width = f"hidden{i}", hidden
     if cfg.hidden:
         builder.n_in_replace(cfg.head, width)
-    return (builder.n_out_replace(cfg.head, len(classes)).fine_tune_configuration(fine_tune)
-            .build())
+    net = builder.n_out_replace(cfg.head, len(classes)).fine_tune_configuration(fine_tune).build()
+    net.spec["classes"] = classes  # checkpoints and exports name their outputs
+    return net
 
 
 def run_job(cfg: TrainJobConfig, progress=print) -> FitResult:

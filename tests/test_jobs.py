@@ -6,11 +6,11 @@ import pytest
 from conftest import REPO
 
 from pipeline.config import (DemoConfig, FeaturizeJobConfig, PredictJobConfig, TrainJobConfig,
-                             load_config)
+                             TuneJobConfig, load_config)
 
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 KINDS = {"featurize": FeaturizeJobConfig, "demo": DemoConfig, "train": TrainJobConfig,
-         "predict": PredictJobConfig}
+         "predict": PredictJobConfig, "tune": TuneJobConfig}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
