@@ -201,9 +201,11 @@ def trial_plan(cfg: TuneJobConfig, params: dict, cuts: dict[str, list[str]],
         width, depth = int(params["width"]), int(params["depth"])
         hidden, dropout = ([width] * depth if width > 0 else []), params["dropout"]
         epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
-    train = cfg.train.model_copy(update={
-        "epochs": epochs, "batch_size": batch_size, "fine_tune": fine_tune,
-        "metric": cfg.metric, "mode": cfg.mode, "cpus_per_worker": cfg.cpus_per_trial})
+    update = {"epochs": epochs, "batch_size": batch_size, "fine_tune": fine_tune,
+              "metric": cfg.metric, "mode": cfg.mode}
+    if not (cfg.train.workers > 1 or cfg.train.use_gpu):  # trains in the trial's own process
+        update["cpus_per_worker"] = cfg.cpus_per_trial
+    train = cfg.train.model_copy(update=update)
     cut = cuts[unfreeze]
     end_to_end = not cut or train.augment is not None
     kind = ("images" if end_to_end else
