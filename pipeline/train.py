@@ -710,27 +710,34 @@ def run_name(net: TransferNet, data_identity: str, cfg: TrainConfig) -> str:
     return f"{model}-{digest.hexdigest()[:12]}"
 
 
-def _fit(net: TransferNet, data: dict, identity: str, classes: list[str],
-         cfg: TrainConfig) -> FitResult:
+def torch_trainer(loop_config: dict, cfg: TrainConfig, name: str, storage: str,
+                  callbacks: list | None = None):
+    """The TorchTrainer of a fit: ``train_worker`` on ``cfg.workers`` ranks, best-k
+    checkpoints by ``cfg.metric``, restarts from the last checkpoint on failure."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    name = cfg.name or run_name(net, identity, cfg)
-    storage = absolute_uri(cfg.storage)
-    run_dir = f"{storage.rstrip('/')}/{name}"
-    start = time.perf_counter()
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"train": cfg.model_dump(mode="json"), "files": net.to_files(),
-                           "data": data, "run_dir": run_dir, "classes": classes},
+    return TorchTrainer(
+        train_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep,
                                                checkpoint_score_attribute=cfg.metric,
                                                checkpoint_score_order=cfg.mode)))
+
+
+def _fit(net: TransferNet, data: dict, identity: str, classes: list[str],
+         cfg: TrainConfig) -> FitResult:
+    name = cfg.name or run_name(net, identity, cfg)
+    storage = absolute_uri(cfg.storage)
+    run_dir = f"{storage.rstrip('/')}/{name}"
+    start = time.perf_counter()
+    trainer = torch_trainer({"train": cfg.model_dump(mode="json"), "files": net.to_files(),
+                             "data": data, "run_dir": run_dir, "classes": classes},
+                            cfg, name, storage)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_dir} reported no checkpoint; see its logs")

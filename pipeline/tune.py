@@ -230,8 +230,10 @@ def _trial(params: dict, setup: dict) -> None:
     net = build_network(plan.job, setup["classes"])
     if plan.data_kind == "features":
         uri = setup["feature_sets"][plan.unfreeze]
-        check_feature_set(net, FeatureSet.open(uri))
-        data = {"kind": "features", "uri": uri, "rows": setup["rows"]}
+        fs = FeatureSet.open(uri)
+        check_feature_set(net, fs)
+        # the set's own count: unreadable images were recorded and left out of it
+        data = {"kind": "features", "uri": uri, "rows": fs.count(plan.job.train.train_split)}
     else:
         data = {"kind": plan.data_kind, "items": setup["items"], "rows": setup["rows"],
                 "preprocess": net.spec["preprocess"]}
@@ -248,23 +250,12 @@ def _trial_on_ray_train(config: dict, plan: TrialPlan) -> None:
     """Ray Train V2's Tune pattern: this trial is the driver of a TorchTrainer whose rank 0
     reports reach Tune through ``TuneReportCallback`` (with the checkpoint's path)."""
     import ray.tune
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train import train_worker
+    from pipeline.train import torch_trainer
 
-    cfg = plan.job.train
     trial_dir = ray.tune.get_context().get_trial_dir()
-    TorchTrainer(
-        train_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(
-            name="train", storage_path=trial_dir, callbacks=[TuneReportCallback()],
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep,
-                                               checkpoint_score_attribute=cfg.metric,
-                                               checkpoint_score_order=cfg.mode))).fit()
+    torch_trainer(config, plan.job.train, "train", trial_dir, [TuneReportCallback()]).fit()
 
 
 # ---------------------------------------------------------------------------- the sweep
