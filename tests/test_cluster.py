@@ -2,10 +2,19 @@
 KubeRay RayJob manifest for its required fields and an entrypoint that exists here."""
 
 import json
+import os
+import re
 import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
+import psutil
+import pytest
 import ray
 import yaml
 from conftest import REPO
@@ -46,3 +55,82 @@ def test_rayjob_manifest_names_a_real_entrypoint():
     # the config exists and, with the manifest's overrides, validates as the job's config
     cfg = load_config(FeaturizeJobConfig, str(local), overrides)
     assert str(cfg.data.sources[0].uri).startswith("s3://")
+
+
+# ---------------------------------------------------------------------------- ray job submit
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_job_submit_runs_featurize_on_a_loopback_cluster(ray_local, tmp_path):
+    """cluster/local.sh: `ray start --head` on 127.0.0.1 with token auth, `ray job submit
+    --working-dir .` of the featurize job, succeeded, its feature set complete; `stop` ends only
+    that cluster (this session's own Ray keeps running)."""
+    from pipeline import sources
+    from pipeline.featureset import FeatureSet
+
+    sources.generate_shapes(tmp_path / "data", per_class=4, size=32)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    gcs, dashboard, client, agent = _free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(STATE=str(tmp_path / "state"), RAY_TMP=ray_tmp, NUM_CPUS="2",
+               RAY_PORT=str(gcs), DASHBOARD_PORT=str(dashboard), CLIENT_PORT=str(client),
+               AGENT_PORT=str(agent), RAY_DATA_DISABLE_PROGRESS_BARS="1",
+               PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    script = [str(CLUSTER / "local.sh")]
+
+    def run(*args, timeout=240):
+        return subprocess.run(script + list(args), cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    try:
+        started = run("start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = int((tmp_path / "state" / "ray.pid").read_text())
+        token = tmp_path / "state" / "auth_token"
+        assert token.stat().st_mode & 0o077 == 0  # only its owner reads the token
+        # the job API answers on loopback only, and refuses a client without the token
+        with pytest.raises(OSError):
+            socket.create_connection((_outward_ip(), dashboard), timeout=2).close()
+        anonymous = subprocess.run(
+            ["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"],
+            env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+            timeout=60)
+        assert anonymous.returncode != 0
+
+        out = tmp_path / "features"  # absolute: the job runs in a temporary copy of the tree
+        job = run("submit", "featurize", "--config", "jobs/configs/featurize_tiny.yaml",
+                  f"data.sources=[{tmp_path / 'data'}]", f"featurize.out={out}", timeout=420)
+        log = job.stdout + job.stderr
+        assert job.returncode == 0 and re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
+        assert "featurized 20 images, 0 errors" in log
+        (feature_set,) = out.iterdir()
+        assert FeatureSet.open(str(feature_set)).count() == 20
+    finally:
+        stopped = run("stop", timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert stopped.returncode == 0 and f"stopped pid {pid}" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    leftovers = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+                 if any(ray_tmp in part for part in (p.info["cmdline"] or []))]
+    assert not leftovers, f"processes of the stopped cluster still run: {leftovers}"
+    assert ray_local.get(ray_local.remote(lambda: 1).remote()) == 1  # ours was left alone
+
+
+def _outward_ip() -> str:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return s.getsockname()[0]
+        except OSError:
+            pytest.skip("no network interface besides loopback")

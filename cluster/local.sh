@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A one-machine Ray cluster bound to 127.0.0.1, and job submission to it.
+#
+#   cluster/local.sh start                 # head node; dashboard and job API on 127.0.0.1
+#   cluster/local.sh submit featurize --config jobs/configs/featurize_tiny.yaml [key=value ...]
+#   cluster/local.sh submit train|predict|tune|demo|benchmark ...
+#   cluster/local.sh status
+#   cluster/local.sh stop                  # stops only the processes `start` started
+#
+# Run it from the project root with the project's environment on PATH (. .venv/bin/activate):
+# jobs run with the `python` that `ray start` found. `submit` uploads the working tree
+# (`--working-dir .`, .gitignore'd paths left out), so give configs absolute output paths:
+# relative ones land in the job's temporary copy of the tree.
+#
+# Security: token authentication stays on. `start` writes a random token (mode 600) to
+# $STATE/auth_token and every command here sends it; without it the job API refuses requests,
+# so another local user cannot run code as you. The dashboard, job API and client server
+# listen on 127.0.0.1 only.
+#
+# Settings (environment): STATE (default ~/.ray-transfer/local: pid, token, log),
+# RAY_TMP (default /tmp/ray-transfer-$UID: Ray's session files; keep it short, Ray's socket
+# paths must fit 107 bytes), NUM_CPUS (default: all), RAY_PORT (6379), DASHBOARD_PORT (8265),
+# CLIENT_PORT (10001), AGENT_PORT (52365). Change the ports to run beside another cluster.
+set -euo pipefail
+
+STATE=${STATE:-$HOME/.ray-transfer/local}
+RAY_TMP=${RAY_TMP:-/tmp/ray-transfer-$(id -u)}
+RAY_PORT=${RAY_PORT:-6379}
+DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+CLIENT_PORT=${CLIENT_PORT:-10001}
+AGENT_PORT=${AGENT_PORT:-52365}
+DASHBOARD="http://127.0.0.1:${DASHBOARD_PORT}"
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/auth_token" RAY_USAGE_STATS_ENABLED=0
+
+running() { [[ -f "$STATE/ray.pid" ]] && kill -0 "$(cat "$STATE/ray.pid")" 2>/dev/null; }
+
+start() {
+    if running; then echo "already running (pid $(cat "$STATE/ray.pid")); $DASHBOARD"; return; fi
+    mkdir -p "$STATE" "$RAY_TMP"
+    if [[ ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
+        (umask 077 && python -c "import secrets; print(secrets.token_hex(32))" \
+            > "$RAY_AUTH_TOKEN_PATH")
+    fi
+    # --block keeps `ray start` in the foreground as the parent of the node's processes; on
+    # SIGTERM it stops exactly those (unlike `ray stop`, which ends every Ray on the machine).
+    nohup ray start --head --block --node-ip-address 127.0.0.1 --port "$RAY_PORT" \
+        --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+        --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \
+        --temp-dir "$RAY_TMP" ${NUM_CPUS:+--num-cpus "$NUM_CPUS"} \
+        > "$STATE/ray.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/ray.pid"
+    for _ in $(seq 120); do
+        if ray job list --address "$DASHBOARD" > /dev/null 2>&1; then
+            echo "Ray is up: job API $DASHBOARD, GCS 127.0.0.1:$RAY_PORT (pid $(cat "$STATE/ray.pid"))"
+            return
+        fi
+        running || { tail -20 "$STATE/ray.log"; echo "ray start exited; log: $STATE/ray.log"; exit 1; }
+        sleep 1
+    done
+    echo "the job API did not answer within 120 s; log: $STATE/ray.log"; stop; exit 1
+}
+
+submit() {
+    local job=${1:?"usage: $0 submit featurize|train|predict|tune|demo|benchmark [args]"}
+    shift
+    ray job submit --address "$DASHBOARD" --working-dir . -- python -m "jobs.$job" "$@"
+}
+
+stop() {
+    if ! running; then echo "not running"; rm -f "$STATE/ray.pid"; return; fi
+    local pid
+    pid=$(cat "$STATE/ray.pid")
+    kill -TERM "$pid"
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # still up after 30 s: kill it; its reaper process then ends the node's children
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    rm -f "$STATE/ray.pid"
+    echo "stopped pid $pid"
+}
+
+case ${1:-} in
+    start) start ;;
+    submit) shift; submit "$@" ;;
+    status) running && ray status --address "127.0.0.1:$RAY_PORT" || echo "not running" ;;
+    stop) stop ;;
+    *) sed -n '2,9p' "$0"; exit 2 ;;
+esac
