@@ -1,22 +1,23 @@
-"""The newcomer's demo: edit the packaged pretrained network, featurize once, fit a head.
+"""The newcomer's demo, offline, on the packaged EfficientNet-Lite0 ImageNet weights: generate a
+dataset, featurize once, fit a head, sweep unfreeze depth x learning rate, compare scratch vs
+frozen vs fine-tuned, write one report (a few minutes on 2 CPUs).
 
-    python -m jobs.demo [--config FILE] [--data DIR] [key=value ...]
+    python -m jobs.demo [--data DIR] [--config FILE] [key=value ...]
+    python -m jobs.demo --data path/to/images image_size=224     # images/<class>/<file>
 """
 
-import argparse
+import ray
 
-from pipeline.config import DemoConfig, load_config
+from jobs._cli import config_from_args
+from pipeline.config import DemoConfig
 from pipeline.demo import run_demo
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--config", help="YAML file with DemoConfig fields")
-    parser.add_argument("--data", help="folder-per-class images (default: generated shapes)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. epochs=10 fine_tune.lr=0.01")
-    args = parser.parse_args(argv)
-    overrides = args.overrides + ([f"data={args.data}"] if args.data else [])
-    run_demo(load_config(DemoConfig, args.config, overrides))
+    cfg = config_from_args(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv,
+                           flags=("data",))
+    ray.init(address=cfg.ray_address)
+    run_demo(cfg)
 
 
 if __name__ == "__main__":

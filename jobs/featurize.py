@@ -15,7 +15,8 @@ from pipeline.surgery import TransferLearning
 
 def main(argv=None) -> None:
     cfg = config_from_args(__doc__, FeaturizeJobConfig, "featurize.dtype=float32", argv)
-    net = TransferLearning(cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs).build()
+    net = TransferLearning(cfg.model.name, weights=cfg.model.weights,
+                           image_size=cfg.model.image_size, **cfg.model.kwargs).build()
     items = list_items(cfg.data)
     ray.init(address=cfg.ray_address)
     featurize(net, items, cfg.featurize, cuts=cfg.cuts)

@@ -7,8 +7,6 @@
 Re-running the same sweep (same name, or same settings and data) resumes it.
 """
 
-import sys
-
 import ray
 
 from jobs._cli import config_from_args
@@ -17,11 +15,7 @@ from pipeline.tune import run_sweep
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--preset" in argv:  # shorthand for the preset=... override
-        at = argv.index("--preset")
-        argv[at:at + 2] = [f"preset={argv[at + 1]}"] if at + 1 < len(argv) else ["preset="]
-    cfg = config_from_args(__doc__, TuneJobConfig, "space.lr=0.001", argv)
+    cfg = config_from_args(__doc__, TuneJobConfig, "space.lr=0.001", argv, flags=("preset",))
     ray.init(address=cfg.ray_address)
     run_sweep(cfg)
 

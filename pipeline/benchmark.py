@@ -81,6 +81,7 @@ def _pick_images(data: Path | None, images: int, workdir: Path) -> Path:
 
 
 def _manifest_of(paths: list[str], labels: list[str], workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "images.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)

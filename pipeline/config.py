@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,23 +18,57 @@ from pipeline.train import TrainConfig
 from pipeline.tune import AshaConfig, CompareConfig, SearchSpace
 
 
-class DemoConfig(BaseModel):
-    """The newcomer's demo: the packaged pretrained default on a generated (or given) dataset."""
+class ModelConfig(BaseModel):
+    """A zoo network and where its frozen prefix ends."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = "default"
-    weights: str | None = None
+    name: str = Field("torchvision:mobilenet_v2", description="zoo name (see pipeline.zoo)")
+    weights: str | None = Field(None, description="path/URI of a .pth/.safetensors state_dict, "
+                                                  "a torchvision enum name, 'hub', or none")
+    kwargs: dict = Field(default_factory=dict, description="constructor arguments")
+    image_size: int | None = Field(None, ge=16, description="square input crops of this size "
+                                                            "instead of the zoo's (e.g. 96 for "
+                                                            "small images on CPU)")
+
+
+class DemoConfig(BaseModel):
+    """``python -m jobs.demo``: the packaged pretrained default on a generated (or given)
+    dataset; featurize, fit a head, sweep, compare, one report. Everything lands under ``out``:
+    ``data`` (generated), ``features``, ``train``, ``tune`` and ``report.html``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelConfig = Field(ModelConfig(name="default"), description=(
+        "the network; its image_size defaults to the demo's image_size"))
+    head: str = Field("_fc", description="the output layer, resized to the classes")
+    cut: str | None = Field(None, description="the fit step freezes through this node; default: "
+                                              "everything below the head")
     data: Path | None = Field(None, description="folder-per-class images; generated when unset")
-    images_per_class: int = Field(40, gt=1)
-    image_size: int = Field(96, ge=16)
-    val_fraction: float = Field(0.25, gt=0, lt=1)
-    cut: str = Field("_bn1", description="freeze this node and everything before it")
-    head: str = Field("_fc", description="the output layer, resized to the number of classes")
-    epochs: int = Field(60, gt=0)
-    batch_size: int = Field(64, gt=0)
-    fine_tune: FineTuneConfig = FineTuneConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4)
-    out: Path = Path("runs/demo")
-    seed: int = 0
+    images_per_class: int = Field(60, gt=1, description="generated dataset: images per class")
+    clutter: int = Field(12, ge=0, description="generated dataset: distractors per image")
+    image_size: int = Field(96, ge=16, description="generated images' size and the network's "
+                                                   "input crops (96 keeps CPU runs short)")
+    splits: dict[str, float] = Field({"train": 0.6, "val": 0.2, "test": 0.2},
+                                     description="hash split of the images")
+    steps: list[Literal["fit", "sweep", "compare"]] = Field(
+        ["fit", "sweep", "compare"], min_length=1, description="which steps run, in this order")
+    train: TrainConfig = Field(
+        TrainConfig(epochs=20, batch_size=32, patience=6,
+                    fine_tune=FineTuneConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4,
+                                             schedule="cosine")),
+        description="the fit step's settings (its storage is <out>/train); the sweep and the "
+                    "comparison take splits, bn_eval and the like from it")
+    space: SearchSpace = Field(
+        SearchSpace(unfreeze={"grid": [0, 2]}, lr={"grid": [1e-3, 1e-2]}, epochs=12,
+                    batch_size=32),
+        description="the sweep step's search space")
+    num_samples: int = Field(1, gt=0, description="sweep trials per grid point")
+    compare: CompareConfig = Field(CompareConfig(unfreeze=2, epochs=8, batch_size=32),
+                                   description="the compare step's settings")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per sweep and compare trial")
+    out: Path = Field(Path("runs/demo"), description="where everything is written")
+    seed: int = Field(0, description="seeds the generated data and the sweeps")
+    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
+                                                      "cluster, else a new local instance")
 
 
 def load_config(cls: type[BaseModel], path: str | None, overrides: list[str]) -> BaseModel:
@@ -47,17 +83,27 @@ def load_config(cls: type[BaseModel], path: str | None, overrides: list[str]) ->
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    return cls.model_validate(data or {})
+    return cls.model_validate(_onto_defaults(cls, data or {}))
 
 
-class ModelConfig(BaseModel):
-    """A zoo network and where its frozen prefix ends."""
+def _onto_defaults(cls: type[BaseModel], data: dict) -> dict:
+    """Lay partial sections onto the settings of fields whose default is a configured model
+    (``DemoConfig.train``, ``CompareConfig.frozen``): ``train.epochs=5`` changes the epochs and
+    keeps that default's optimizer, instead of resetting the section to the class defaults."""
+    for name, field in cls.model_fields.items():
+        default, given = field.default, data.get(name)
+        if isinstance(default, BaseModel) and isinstance(given, dict):
+            merged = _deep_merge(default.model_dump(exclude_unset=True), given)
+            data[name] = _onto_defaults(type(default), merged)
+    return data
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("torchvision:mobilenet_v2", description="zoo name (see pipeline.zoo)")
-    weights: str | None = Field(None, description="path/URI of a .pth/.safetensors state_dict, "
-                                                  "a torchvision enum name, 'hub', or none")
-    kwargs: dict = Field(default_factory=dict, description="constructor arguments")
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if nested else value
+    return out
 
 
 class FeaturizeJobConfig(BaseModel):
@@ -127,7 +173,8 @@ class TuneJobConfig(BaseModel):
     feature_cache: Literal["shared", "per_trial"] = Field(
         "shared", description="shared: every cut featurized once before the trials; per_trial: "
                               "each trial featurizes for itself (the benchmark's baseline)")
-    ray_address: str | None = None
+    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
+                                                      "cluster, else a new local instance")
 
     def test_splits(self) -> list[str]:
         """Splits of the data besides train and val that are evaluated at the end (``test``)."""
@@ -142,4 +189,67 @@ class PredictJobConfig(BaseModel):
                                    "model.safetensors (e.g. <run>/model)")
     data: DataConfig
     predict: PredictConfig = PredictConfig()
-    ray_address: str | None = None
+    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
+                                                      "cluster, else a new local instance")
+
+
+# ---------------------------------------------------------------------------- reference
+
+JOB_CONFIGS = (DemoConfig, FeaturizeJobConfig, TrainJobConfig, TuneJobConfig, PredictJobConfig)
+
+
+def reference(roots: tuple[type[BaseModel], ...] = JOB_CONFIGS) -> str:
+    """The config reference as Markdown: one table per job config and per model nested in one
+    (field, type, default, meaning), generated from the models so it cannot drift from them."""
+    order: list[type[BaseModel]] = []
+
+    def visit(cls: type[BaseModel]) -> None:
+        if cls not in order:
+            order.append(cls)
+            for field in cls.model_fields.values():
+                for nested in _models_in(field.annotation):
+                    visit(nested)
+
+    for root in roots:
+        visit(root)
+    return "\n\n".join(_model_table(cls) for cls in order) + "\n"
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _model_table(cls: type[BaseModel]) -> str:
+    doc = " ".join((cls.__doc__ or "").split())
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in cls.model_fields.items():
+        cells = [f"`{name}`", _type_name(field.annotation), _default(field),
+                 " ".join((field.description or "").split())]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return f"### {cls.__name__}\n\n{doc}\n\n" + "\n".join(rows)
+
+
+def _type_name(annotation) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_unset=True)
+        if not value:
+            return "its defaults"
+    elif isinstance(value, Path):
+        value = str(value)
+    return f"`{json.dumps(value, default=str)}`"

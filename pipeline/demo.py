@@ -1,80 +1,133 @@
-"""The demo flow: surgery on a pretrained network, featurize once, fit the head, save, reload.
+"""The demo flow: on a generated (or given) dataset, with the packaged pretrained default,
+featurize once, fit a head on Ray Train, sweep unfreeze depth and learning rate on Ray Tune, and
+compare training from scratch with the frozen and fine-tuned pretrained network. Every step is
+the library's own job flow (``train.run_job``, ``tune.run_sweep``); the demo only wires them
+to one data set, one feature cache and one index page.
 
-Example::
+Needs a running Ray (``jobs.demo`` calls ``ray.init``). Example::
 
     >>> from pipeline.config import DemoConfig
     >>> from pipeline.demo import run_demo
-    >>> summary = run_demo(DemoConfig(images_per_class=4, epochs=1, out="/tmp/demo"))
+    >>> result = run_demo(DemoConfig(out="/tmp/demo", steps=["fit"]))
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import shutil
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-from PIL import Image
-
-from pipeline import sources, zoo
-from pipeline.config import DemoConfig
-from pipeline.surgery import TransferLearning, load
-from pipeline.train import accuracy_from_features, fit_local
-
-
-def _is_val(path, fraction: float) -> bool:
-    # Deterministic split by a hash of the file name: stable across machines and re-runs.
-    digest = hashlib.sha256(path.name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+from pipeline import report, sources
+from pipeline.config import DemoConfig, TrainJobConfig, TuneJobConfig
+from pipeline.featurize import FeaturizeConfig
+from pipeline.sources import DataConfig, list_items
+from pipeline.train import FitResult, build_network, run_job
+from pipeline.tune import SweepResult, cut_for, run_sweep
 
 
-def _load_images(paths, transform) -> tuple[torch.Tensor, list[int]]:
-    images, kept = [], []
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                images.append(transform(image.convert("RGB")))
-            kept.append(i)
-        except (OSError, ValueError) as e:
-            print(f"skipped {path}: {e}")
-    return torch.stack(images), kept
+@dataclass
+class DemoResult:
+    """What the demo left: each step's result and the index page."""
+
+    data: Path
+    fit: FitResult | None = None
+    sweep: SweepResult | None = None
+    compare: SweepResult | None = None
+    report: str = ""
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo end to end and print what it did; returns the summary."""
+def generated_data(cfg: DemoConfig) -> Path:
+    """The generated dataset under ``<out>/data``, written once per set of generator settings
+    (a re-run keeps the files, their mtimes and so every cache keyed on them)."""
+    root = cfg.out / "data"
+    settings = {"per_class": cfg.images_per_class, "size": cfg.image_size, "seed": cfg.seed,
+                "clutter": cfg.clutter}
+    stamp = root / ".generated.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    sources.generate_shapes(root, **settings)
+    stamp.write_text(json.dumps(settings))
+    return root
+
+
+def run_demo(cfg: DemoConfig, progress=print) -> DemoResult:
+    """Run the configured steps and write ``<out>/report.html`` linking their reports."""
     start = time.perf_counter()
-    data = cfg.data or cfg.out / "data"
-    if cfg.data is None:
-        sources.generate_shapes(data, cfg.images_per_class, cfg.image_size, cfg.seed)
-    paths, labels, classes = sources.folder_items(data)
-    zm = zoo.load_model(cfg.model, cfg.weights)
-    net = (TransferLearning(zm).set_feature_extractor(cfg.cut)
-           .n_out_replace(cfg.head, len(classes))
-           .fine_tune_configuration(cfg.fine_tune).build())
-    print(f"{zm.name}: frozen {len(net.frozen)} of {len(net.nodes())} nodes, "
-          f"frontier {net.frontier_shapes()}")
+    out = cfg.out.absolute()
+    result = DemoResult(cfg.data or generated_data(cfg))
+    data = DataConfig(sources=[str(result.data)], splits=cfg.splits)
+    model = cfg.model.model_copy(update={"image_size": cfg.model.image_size or cfg.image_size})
+    featurize = FeaturizeConfig(out=str(out / "features"))
+    shared = dict(model=model, head=cfg.head, data=data, featurize=featurize,
+                  ray_address=cfg.ray_address)
+    for step in cfg.steps:
+        t0 = time.perf_counter()
+        _say(progress, f"--- {step}: {STEPS[step]}")
+        if step == "fit":
+            train = cfg.train.model_copy(update={"storage": str(out / "train")})
+            result.fit = _fit(TrainJobConfig(cut=cfg.cut or [], train=train, **shared), progress)
+        else:
+            sweep = TuneJobConfig(preset="sweep" if step == "sweep" else "compare",
+                                  storage=str(out / "tune"), space=cfg.space, compare=cfg.compare,
+                                  num_samples=cfg.num_samples, seed=cfg.seed,
+                                  train=cfg.train.model_copy(update={"patience": None}),
+                                  cpus_per_trial=cfg.cpus_per_trial, **shared)
+            setattr(result, step, run_sweep(sweep, progress))
+        result.steps[step] = round(time.perf_counter() - t0, 1)
+    result.seconds = round(time.perf_counter() - start, 1)
+    result.report = report.write_index(str(out), "ray-transfer demo", _sections(result))
+    _say(progress, _summary(result))
+    return result
 
-    images, kept = _load_images(paths, zm.preprocess.transform())
-    labels = torch.tensor([labels[i] for i in kept])
-    is_val = torch.tensor([_is_val(paths[i], cfg.val_fraction) for i in kept])
-    t0 = time.perf_counter()
-    features = net.featurize(images, batch_size=cfg.batch_size)
-    rate = len(images) / (time.perf_counter() - t0)
-    train = {k: v[~is_val] for k, v in features.items()}
-    val = {k: v[is_val] for k, v in features.items()}
-    history = fit_local(net, train, labels[~is_val], epochs=cfg.epochs, batch_size=cfg.batch_size)
 
-    summary = {"classes": classes, "images": len(images), "skipped": len(paths) - len(kept),
-               "featurize_images_per_s": round(rate, 1), "final_loss": round(history[-1], 4),
-               "train_accuracy": accuracy_from_features(net, train, labels[~is_val]),
-               "val_accuracy": accuracy_from_features(net, val, labels[is_val])}
-    net.save(str(cfg.out / "model"))
-    reloaded = accuracy_from_features(load(str(cfg.out / "model")), val, labels[is_val])
-    if reloaded != summary["val_accuracy"]:
-        raise RuntimeError(f"the reloaded network scores {reloaded} on val, the trained one "
-                           f"{summary['val_accuracy']}: save/load lost something")
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"{len(images)} images ({summary['skipped']} skipped), {len(classes)} classes, "
-          f"featurized at {rate:.1f} img/s; val accuracy {summary['val_accuracy']:.3f} "
-          f"(train {summary['train_accuracy']:.3f}); saved to {cfg.out / 'model'} "
-          f"in {summary['seconds']} s")
-    return summary
+STEPS = {"fit": "featurize once (Ray Data), fit the head on the features (Ray Train)",
+         "sweep": "unfreeze depth x learning rate on the cached features (Ray Tune)",
+         "compare": "from scratch vs frozen pretrained vs top blocks fine-tuned (Ray Tune)"}
+
+
+def _fit(job: TrainJobConfig, progress) -> FitResult:
+    if not job.cut:  # default: everything below the head frozen, the sweep's "unfreeze 0" cut,
+        # so the fit's feature set is the one the sweep and the comparison read
+        base = build_network(job, list_items(job.data).classes)
+        job = job.model_copy(update={"cut": cut_for(base, 0, job.head)})
+    return run_job(job, progress)
+
+
+def _sections(result: DemoResult) -> list[dict]:
+    sections = []
+    if result.fit is not None:
+        fit = result.fit
+        sections.append({"title": "Head fitted on frozen features (Ray Train)",
+                         "report": fit.report, "model": fit.model,
+                         "text": fit.evaluation.summary() if fit.evaluation else ""})
+    for step in ("sweep", "compare"):
+        sweep = getattr(result, step)
+        if sweep is not None:
+            best = sweep.best
+            sections.append({"title": STEPS[step], "report": sweep.report,
+                             "model": sweep.best_model, "rows": sweep.compare,
+                             "text": f"{len(sweep.table)} trials; best {best['trial']} "
+                                     f"(unfreeze {best['unfreeze']}): {best['metric']} "
+                                     f"{best['best']:.3f}"})
+    sections.append({"title": "Run", "text": f"data {result.data}; seconds per step "
+                                             f"{result.steps}, {result.seconds} in all"})
+    return sections
+
+
+def _summary(result: DemoResult) -> str:
+    lines = []
+    if result.compare is not None:
+        lines += [f"{r['row']:>10}: val {r['val_accuracy']:.3f} test {r['test_accuracy']:.3f}"
+                  for r in result.compare.compare]
+    lines.append(f"demo done in {result.seconds:.0f} s ({result.steps}); report: {result.report}")
+    return "\n".join(lines)
+
+
+def _say(progress, line: str) -> None:
+    if progress is not None:
+        progress(line)

@@ -178,3 +178,41 @@ def _unfrozen(unfreeze) -> float | None:
     """An unfreeze value as a number of top blocks (``all`` is -1), or None for a node name."""
     text = str(unfreeze).removeprefix("top:")
     return -1 if text == "all" else int(text) if text.isdigit() else None
+
+
+def bars(rows: list[dict], keys: list[str], label: str = "row") -> bytes:
+    """Grouped bars: one group per row (named by ``rows[i][label]``), one bar per key."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.2))
+    ax = figure.add_subplot()
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        ax.bar([j + i * width for j in range(len(rows))], [r.get(key) for r in rows], width,
+               label=key)
+    ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(rows))],
+                  [str(r[label]) for r in rows])
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _png(figure)
+
+
+def write_index(directory: str, title: str, sections: list[dict]) -> str:
+    """Write ``report.html`` under ``directory`` linking other reports. Each section has a
+    ``title`` and optionally ``text``, ``report`` and ``model`` (paths under ``directory``,
+    linked relatively) and ``rows`` (the compare table, also drawn as ``compare.png``)."""
+    root = directory.rstrip("/")
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section['title'])}</h2>")
+        if section.get("text"):
+            parts.append(f"<p>{html.escape(section['text'])}</p>")
+        if section.get("rows"):
+            _write_images(directory, {"compare.png": bars(
+                section["rows"], ["train_accuracy", "val_accuracy", "test_accuracy"])})
+            parts += [_table(section["rows"]), '<img src="compare.png" alt="compare.png">']
+        for key in ("report", "model"):
+            if section.get(key):
+                link = section[key].removeprefix(root + "/")
+                parts.append(f'<p>{key}: <a href="{html.escape(link)}">{html.escape(link)}</a></p>')
+    return _write_page(directory, title, parts)

@@ -414,7 +414,8 @@ def from_files(files: dict[str, bytes], where: str = "the network") -> TransferN
         raise SurgeryError(f"{where}/model.safetensors does not match spec.json (sha256 differs): "
                            "the file was changed or belongs to another network; refusing to load")
     base = spec["base"]
-    builder = TransferLearning(zoo.load_model(base["model"], None, **base["kwargs"]))
+    zm = zoo.load_model(base["model"], None, image_size=base.get("image_size"), **base["kwargs"])
+    builder = TransferLearning(zm)
     for op in spec["ops"]:
         builder._replay(op)
     net = builder.build()
@@ -466,7 +467,10 @@ class TransferLearning:
             return
         spec = {"format": SPEC_FORMAT, "base": None, "input_shape": input_shape}
         if isinstance(model, zoo.ZooModel):
-            spec.update(base={"model": model.name, "kwargs": model.kwargs},
+            base = {"model": model.name, "kwargs": model.kwargs}
+            if model.image_size:
+                base["image_size"] = model.image_size
+            spec.update(base=base,
                         weights=model.weights, weights_sha256=model.weights_sha256,
                         input_shape=list(model.input_shape),
                         preprocess=model.preprocess.model_dump() if model.preprocess else None)

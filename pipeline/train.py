@@ -805,7 +805,8 @@ def build_network(cfg: TrainJobConfig, classes: list[str]) -> TransferNet:
         net.spec["classes"] = classes
         return net
     torch.manual_seed(fine_tune.seed)
-    builder = TransferLearning(cfg.model.name, weights=cfg.model.weights, **cfg.model.kwargs)
+    builder = TransferLearning(cfg.model.name, weights=cfg.model.weights,
+                               image_size=cfg.model.image_size, **cfg.model.kwargs)
     if cut:  # no cut: nothing frozen (training from scratch, or all of a pretrained network)
         builder.set_feature_extractor(*cut)
     net = builder.build()

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline import zoo
 from pipeline.featureset import SPLIT, FeatureSet
 from pipeline.finetune import FineTuneConfig
 from pipeline.sources import Items
@@ -192,7 +193,7 @@ def trial_plan(cfg: TuneJobConfig, params: dict, cuts: dict[str, list[str]],
         hidden, dropout = [], 0.0
         epochs, batch_size = compare.epochs, compare.batch_size
         if row == "scratch":
-            model = model.model_copy(update={"weights": None})
+            model = model.model_copy(update={"name": zoo.untrained(model.name), "weights": None})
     else:
         unfreeze = str(params["unfreeze"])
         fine_tune = FineTuneConfig(optimizer=params["optimizer"], lr=params["lr"],
@@ -310,6 +311,8 @@ def used_items(items: Items, splits: list[str]) -> Items:
     """Only the rows in ``splits`` (a share of the data can be set aside under another split
     name, e.g. ``rest``, and is then never decoded)."""
     table = items.table.filter(pc.is_in(items.table.column(SPLIT), pa.array(splits)))
+    if table.num_rows == items.table.num_rows:  # the same data: share jobs.train's feature sets
+        return items
     digest = hashlib.sha256(f"{items.fingerprint}{sorted(splits)}".encode()).hexdigest()
     return Items(table, items.classes, digest)
 
@@ -401,8 +404,10 @@ def _tuner(cfg: TuneJobConfig, path: str, setup: dict, rows: list[str] | None = 
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
             num_samples=1 if compare else cfg.num_samples,
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
-            max_concurrent_trials=concurrent, reuse_actors=False,
+            # the generator takes the concurrency limit itself: Tune ignores
+            # max_concurrent_trials when given a SearchGenerator
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrent),
+            reuse_actors=False,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,

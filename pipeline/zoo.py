@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import fsspec
@@ -82,6 +82,20 @@ class ZooModel:
     leaf_modules: tuple[type, ...] = ()
     weights: str | None = None
     weights_sha256: str | None = None
+    image_size: int | None = None  # set when the input size was changed from the zoo's own
+
+    def at_size(self, size: int) -> ZooModel:
+        """This network fed ``size`` x ``size`` crops: the resize scales with the crop, so the
+        crop keeps the zoo's framing. Convolutional backbones accept any size; their pretrained
+        features degrade gracefully below the trained size and cost (size/224)^2 as much."""
+        if self.preprocess is None or len(self.input_shape) != 3:
+            raise ZooError(f"{self.name} takes {self.input_shape} tensors, not images; "
+                           "image_size applies to image networks only")
+        p = self.preprocess
+        preprocess = p.model_copy(update={
+            "crop_size": size, "resize_size": round(size * p.resize_size / p.crop_size)})
+        return replace(self, preprocess=preprocess, image_size=size,
+                       input_shape=(self.input_shape[0], size, size))
 
 
 class ZooError(ValueError):
@@ -305,12 +319,20 @@ def available() -> list[str]:
     return sorted(_REGISTRY) + ["torchvision:<arch>", "timm:<arch>"]
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, **kwargs) -> ZooModel:
+def untrained(name: str) -> str:
+    """The zoo name that builds ``name``'s architecture with random weights: ``"default"``
+    means the packaged *pretrained* network, so it becomes the architecture's own name."""
+    return DEFAULT_MODEL if name == "default" else name
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, *,
+               image_size: int | None = None, **kwargs) -> ZooModel:
     """Build ``name`` and load ``weights`` into it.
 
     ``weights``: ``None`` (random init, seeded by ``seed=``), a torchvision enum member name
     (``"IMAGENET1K_V1"``), ``"hub"`` for timm's pretrained download, ``"packaged"`` for the
     default model's embedded ImageNet weights, or a path/fsspec URI to a state_dict.
+    ``image_size``: feed square crops of this size instead of the zoo's (:meth:`ZooModel.at_size`).
     ``kwargs`` go to the architecture's constructor (``num_classes=5``).
     """
     kwargs = dict(kwargs)
@@ -328,4 +350,4 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, **kwargs) 
         raise ZooError(f"unknown model {name!r}; valid: {available()}; "
                        f"closest: {difflib.get_close_matches(name, list(_REGISTRY))}")
     zm.name, zm.kwargs, zm.weights = name, saved_kwargs, weights
-    return zm
+    return zm.at_size(image_size) if image_size else zm

@@ -32,3 +32,25 @@ def test_overrides_reach_nested_fields_and_typos_are_refused():
 @pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.py")), ids=lambda p: p.name)
 def test_entrypoints_are_thin(job: Path):
     assert len(job.read_text().splitlines()) <= 60
+
+
+def test_partial_sections_keep_their_configured_defaults():
+    cfg = load_config(DemoConfig, None, ["train.fine_tune.lr=0.5", "space.lr=0.01"])
+    assert cfg.train.fine_tune.lr == 0.5 and cfg.train.fine_tune.optimizer == "adamw"
+    assert cfg.train.patience == DemoConfig().train.patience
+    assert cfg.space.lr == 0.01 and cfg.space.unfreeze == DemoConfig().space.unfreeze
+    tune = load_config(TuneJobConfig, str(REPO / "jobs/configs/tune_tiny.yaml"),
+                       ["compare.frozen.lr=0.5"])
+    assert tune.compare.frozen.lr == 0.5 and tune.compare.frozen.weight_decay == 0.01
+    assert tune.compare.epochs == 5  # from the YAML file
+
+
+def test_readme_config_reference_is_generated_and_current():
+    from jobs.reference import spliced
+
+    from pipeline.config import reference
+
+    text = (REPO / "README.md").read_text()
+    assert spliced(text, reference()) == text, "run: python -m jobs.reference --write README.md"
+    for name in ("DemoConfig", "TuneJobConfig", "SearchSpace", "FineTuneConfig", "Preprocess"):
+        assert f"### {name}\n" in text

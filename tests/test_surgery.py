@@ -387,3 +387,18 @@ def test_deepcopy_keeps_frozen_set():
     twin = copy.deepcopy(net)
     assert twin.frozen == net.frozen and twin.spec == net.spec
     assert twin.frontier() == net.frontier()
+
+
+def test_image_size_changes_crops_and_frontier_shapes_and_survives_save(tmp_path):
+    zm = zoo.load_model("tiny:cnn", image_size=48)
+    assert zm.input_shape == (3, 48, 48) and zm.image_size == 48
+    assert (zm.preprocess.crop_size, zm.preprocess.resize_size) == (48, 54)  # 36/32 of the crop
+    net = TransferLearning("tiny:cnn", image_size=48).set_feature_extractor("features").build()
+    small = TransferLearning("tiny:cnn").set_feature_extractor("features").build()
+    assert net.frontier_shapes() != small.frontier_shapes()
+    net.save(str(tmp_path / "net"))
+    again = load(str(tmp_path / "net"))
+    assert again.frontier_shapes() == net.frontier_shapes()
+    assert again.spec["preprocess"]["crop_size"] == 48
+    with pytest.raises(zoo.ZooError, match="image networks only"):
+        zoo.load_model("tiny:lstm", image_size=32)

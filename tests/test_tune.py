@@ -19,7 +19,7 @@ from pipeline.config import TuneJobConfig
 from pipeline.featureset import FeatureSet
 from pipeline.surgery import TransferLearning, UnknownNodeError, load
 from pipeline.train import evaluate
-from pipeline.tune import SearchSpace, cut_for, run_sweep
+from pipeline.tune import SearchSpace, cut_for, run_sweep, trial_plan, used_items
 from tests.conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
 
 
@@ -69,6 +69,28 @@ def test_search_space_is_validated():
         SearchSpace(lr={"uniform": [1e-4]})
     with pytest.raises(ValueError, match="nothing to choose"):
         SearchSpace(width=[])
+
+
+def test_scratch_row_of_the_packaged_default_starts_from_random_weights(tmp_path):
+    # "default" means the packaged *pretrained* network; the scratch row must not load it
+    cfg = TuneJobConfig(preset="compare", model={"name": "default", "image_size": 64},
+                        head="_fc", data={"sources": [str(tmp_path)]})
+    cuts = {"all": [], "0": ["_dropout"], "2": ["_blocks.15"]}
+    scratch = trial_plan(cfg, {"row": "scratch"}, cuts).job.model
+    frozen = trial_plan(cfg, {"row": "frozen"}, cuts).job.model
+    assert (scratch.name, scratch.weights, scratch.image_size) == ("efficientnet_lite0", None, 64)
+    assert frozen.name == "default"
+
+
+def test_used_items_keeps_the_data_fingerprint_when_every_row_is_used(tmp_path):
+    sources.generate_shapes(tmp_path, per_class=4, size=16)
+    items = sources.list_items(sources.DataConfig(
+        sources=[str(tmp_path)], splits={"train": 0.5, "val": 0.3, "rest": 0.2}))
+    # the same rows: the fingerprint (and so every feature set keyed on it) is the train job's
+    assert used_items(items, ["train", "val", "rest"]).fingerprint == items.fingerprint
+    fewer = used_items(items, ["train", "val"])
+    assert fewer.fingerprint != items.fingerprint
+    assert set(fewer.table.column("split").to_pylist()) == {"train", "val"}
 
 
 # ---------------------------------------------------------------------------- sweeps
