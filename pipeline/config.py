@@ -250,6 +250,4 @@ def _default(field) -> str:
         value = value.model_dump(mode="json", exclude_unset=True)
         if not value:
             return "its defaults"
-    elif isinstance(value, Path):
-        value = str(value)
-    return f"`{json.dumps(value, default=str)}`"
+    return f"`{json.dumps(value, default=str)}`"  # default=str: paths
