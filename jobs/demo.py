@@ -2,22 +2,18 @@
 dataset, featurize once, fit a head, sweep unfreeze depth x learning rate, compare scratch vs
 frozen vs fine-tuned, write one report (a few minutes on 2 CPUs).
 
-    python -m jobs.demo [--data DIR] [--config FILE] [key=value ...]
+    python -m jobs.demo [--data DIR] [--config FILE] [-v] [key=value ...]
     python -m jobs.demo --data path/to/images image_size=224     # images/<class>/<file>
 """
 
-import ray
-
-from jobs._cli import config_from_args
+from jobs._cli import parse, run
 from pipeline.config import DemoConfig
 from pipeline.demo import run_demo
 
 
 def main(argv=None) -> None:
-    cfg = config_from_args(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv,
-                           flags=("data",))
-    ray.init(address=cfg.ray_address)
-    run_demo(cfg)
+    cfg, verbose = parse(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv, flags=("data",))
+    run("demo", cfg, run_demo, verbose)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,17 @@
 """Classify images with an exported network; writes Parquet (id, source, class, probabilities).
 
-    python -m jobs.predict --config jobs/configs/predict_hymenoptera.yaml [key=value ...]
-    ray job submit --working-dir . -- python -m jobs.predict --config FILE [key=value ...]
+python -m jobs.predict --config jobs/configs/predict_hymenoptera.yaml [-v] [key=value ...]
+ray job submit --working-dir . -- python -m jobs.predict --config FILE [key=value ...]
 """
 
-import ray
-
-from jobs._cli import config_from_args
+from jobs._cli import parse, run
 from pipeline.config import PredictJobConfig
-from pipeline.predict import run_job
+from pipeline.flows import run_predict
 
 
 def main(argv=None) -> None:
-    cfg = config_from_args(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
-    ray.init(address=cfg.ray_address)
-    run_job(cfg)
+    cfg, verbose = parse(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
+    run("predict", cfg, run_predict, verbose)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ def spliced(text: str, tables: str) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--write", help="a Markdown file with the reference markers")
     args = parser.parse_args(argv)
     if args.write:

@@ -1,4 +1,13 @@
-"""Job configs: pydantic models validated once, at the edge, then passed down explicitly."""
+"""Job configs: what each ``python -m jobs.X`` reads, assembled from the stage settings, plus YAML
+loading with ``key=value`` overrides and the generated config reference.
+
+Example:
+
+    >>> from pipeline.config import TrainJobConfig, load_config
+    >>> cfg = load_config(TrainJobConfig, None, ["data.sources=[images/]", "train.epochs=3"])
+    >>> cfg.train.epochs, cfg.data.sources[0].uri
+    (3, 'images/')
+"""
 
 from __future__ import annotations
 
@@ -8,71 +17,174 @@ from types import UnionType
 from typing import Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from pipeline.featurize import FeaturizeConfig
-from pipeline.finetune import FineTuneConfig
-from pipeline.predict import PredictConfig
-from pipeline.sources import DataConfig
-from pipeline.train import TrainConfig
-from pipeline.tune import AshaConfig, CompareConfig, SearchSpace
+from pipeline.settings import (
+    DataConfig,
+    FeaturizeConfig,
+    FineTuneConfig,
+    ModelConfig,
+    NetworkConfig,
+    PredictConfig,
+    Settings,
+    TrainConfig,
+)
+from pipeline.sweep_settings import CompareConfig, Distribution, SearchSpace, SweepConfig
 
-
-class ModelConfig(BaseModel):
-    """A zoo network and where its frozen prefix ends."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("torchvision:mobilenet_v2", description="zoo name (see pipeline.zoo)")
-    weights: str | None = Field(None, description="path/URI of a .pth/.safetensors state_dict, "
-                                                  "a torchvision enum name, 'hub', or none")
-    kwargs: dict = Field(default_factory=dict, description="constructor arguments")
-    image_size: int | None = Field(None, ge=16, description="square input crops of this size "
-                                                            "instead of the zoo's (e.g. 96 for "
-                                                            "small images on CPU)")
+RAY_ADDRESS = Field(
+    None, description="default: RAY_ADDRESS, a running local cluster, else a new local instance"
+)
 
 
-class DemoConfig(BaseModel):
+class DemoConfig(Settings):
     """``python -m jobs.demo``: the packaged pretrained default on a generated (or given)
     dataset; featurize, fit a head, sweep, compare, one report. Everything lands under ``out``:
     ``data`` (generated), ``features``, ``train``, ``tune`` and ``report.html``."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = Field(ModelConfig(name="default"), description=(
-        "the network; its image_size defaults to the demo's image_size"))
+    model: ModelConfig = Field(
+        ModelConfig(name="default"),
+        description=("the network; its image_size defaults to the demo's image_size"),
+    )
     head: str = Field("_fc", description="the output layer, resized to the classes")
-    cut: str | None = Field(None, description="the fit step freezes through this node; default: "
-                                              "everything below the head")
+    cut: str | None = Field(
+        None,
+        description="the fit step freezes through this node; default: everything below the head",
+    )
     data: Path | None = Field(None, description="folder-per-class images; generated when unset")
     images_per_class: int = Field(60, gt=1, description="generated dataset: images per class")
     clutter: int = Field(12, ge=0, description="generated dataset: distractors per image")
-    image_size: int = Field(96, ge=16, description="generated images' size and the network's "
-                                                   "input crops (96 keeps CPU runs short)")
-    splits: dict[str, float] = Field({"train": 0.6, "val": 0.2, "test": 0.2},
-                                     description="hash split of the images")
+    image_size: int = Field(
+        96,
+        ge=16,
+        description="generated images' size and the network's "
+        "input crops (96 keeps CPU runs short)",
+    )
+    splits: dict[str, float] = Field(
+        {"train": 0.6, "val": 0.2, "test": 0.2}, description="hash split of the images"
+    )
     steps: list[Literal["fit", "sweep", "compare"]] = Field(
-        ["fit", "sweep", "compare"], min_length=1, description="which steps run, in this order")
+        ["fit", "sweep", "compare"], min_length=1, description="which steps run, in this order"
+    )
     train: TrainConfig = Field(
-        TrainConfig(epochs=20, batch_size=32, patience=6,
-                    fine_tune=FineTuneConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4,
-                                             schedule="cosine")),
+        TrainConfig(
+            epochs=20,
+            batch_size=32,
+            patience=6,
+            fine_tune=FineTuneConfig(
+                optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine"
+            ),
+        ),
         description="the fit step's settings (its storage is <out>/train); the sweep and the "
-                    "comparison take splits, bn_eval and the like from it")
+        "comparison take splits, bn_eval and the like from it",
+    )
     space: SearchSpace = Field(
-        SearchSpace(unfreeze={"grid": [0, 2]}, lr={"grid": [1e-3, 1e-2]}, epochs=12,
-                    batch_size=32),
-        description="the sweep step's search space")
+        SearchSpace(unfreeze={"grid": [0, 2]}, lr={"grid": [1e-3, 1e-2]}, epochs=12, batch_size=32),
+        description="the sweep step's search space",
+    )
     num_samples: int = Field(1, gt=0, description="sweep trials per grid point")
-    compare: CompareConfig = Field(CompareConfig(unfreeze=2, epochs=8, batch_size=32),
-                                   description="the compare step's settings")
+    compare: CompareConfig = Field(
+        CompareConfig(unfreeze=2, epochs=8, batch_size=32),
+        description="the compare step's settings",
+    )
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per sweep and compare trial")
     out: Path = Field(Path("runs/demo"), description="where everything is written")
     seed: int = Field(0, description="seeds the generated data and the sweeps")
-    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
-                                                      "cluster, else a new local instance")
+    ray_address: str | None = RAY_ADDRESS
+
+    def output_root(self) -> str:
+        return str(self.out)
+
+
+class FeaturizeJobConfig(Settings):
+    """``python -m jobs.featurize``: one pass over the images, one feature set per cut."""
+
+    model: ModelConfig = ModelConfig()
+    cuts: list[str | list[str]] = Field(
+        ["flatten"], min_length=1, description="freeze through each of these nodes"
+    )
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    ray_address: str | None = RAY_ADDRESS
+
+    def output_root(self) -> str:
+        return self.featurize.out
+
+
+class TrainJobConfig(NetworkConfig):
+    """``python -m jobs.train``: surgery, featurize when needed (cached), fit, report, export."""
+
+    mode: Literal["features", "end_to_end"] = Field(
+        "features",
+        description="features: featurize once (cached), fit on the feature set; "
+        "end_to_end: decode, augment and run the prefix every epoch",
+    )
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    train: TrainConfig = TrainConfig()
+    ray_address: str | None = RAY_ADDRESS
+
+    def network(self) -> NetworkConfig:
+        """The network part of the job, as the stages take it."""
+        return NetworkConfig.model_validate(
+            self.model_dump(include=set(NetworkConfig.model_fields))
+        )
+
+    def output_root(self) -> str:
+        return self.train.storage
+
+
+class TuneJobConfig(SweepConfig):
+    """``python -m jobs.tune``: featurize every cut in the space once, sweep on Ray Tune, write
+    the results table, plots, best network and report. ``preset: compare`` runs the three-row
+    scratch / frozen / fine-tuned comparison instead of the search space."""
+
+    name: str | None = Field(
+        None,
+        description="default: a hash of the settings and the data; "
+        "re-running the same name resumes the sweep",
+    )
+    storage: str = Field("runs/tune", description="local path or URI the sweeps are written to")
+    model: ModelConfig = ModelConfig()
+    head: str = Field("classifier.1", description="the output layer, resized to the classes")
+    data: DataConfig
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    ray_address: str | None = RAY_ADDRESS
+
+    def sweep(self) -> SweepConfig:
+        """The sweep part of the job, as the tune stage takes it."""
+        return SweepConfig.model_validate(self.model_dump(include=set(SweepConfig.model_fields)))
+
+    def test_splits(self) -> list[str]:
+        """Splits of the data besides train and val that are evaluated at the end (``test``)."""
+        return [s for s in self.data.splits if s == "test"]
+
+    def output_root(self) -> str:
+        return self.storage
+
+
+class PredictJobConfig(Settings):
+    """``python -m jobs.predict``: classify images with an exported network."""
+
+    model: str = Field(
+        description="an exported network: a directory with spec.json and "
+        "model.safetensors (e.g. <run>/model)"
+    )
+    data: DataConfig
+    predict: PredictConfig = PredictConfig()
+    ray_address: str | None = RAY_ADDRESS
+
+    def output_root(self) -> str:
+        return self.predict.out
+
+
+JOB_CONFIGS = (DemoConfig, FeaturizeJobConfig, TrainJobConfig, TuneJobConfig, PredictJobConfig)
+
+
+# ---------------------------------------------------------------------------- loading
 
 
 def load_config(cls: type[BaseModel], path: str | None, overrides: list[str]) -> BaseModel:
-    """Read YAML ``path`` (optional) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    """Read YAML ``path`` (optional), apply ``key.sub=value`` overrides (values are YAML)."""
     data = yaml.safe_load(Path(path).read_text()) if path else {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -106,96 +218,7 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-class FeaturizeJobConfig(BaseModel):
-    """``python -m jobs.featurize``: one pass over the images, one feature set per cut."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = ModelConfig()
-    cuts: list[str | list[str]] = Field(["flatten"], min_length=1,
-                                        description="freeze through each of these nodes")
-    data: DataConfig
-    featurize: FeaturizeConfig = FeaturizeConfig()
-    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
-                                                      "cluster, else a new local instance")
-
-
-class TrainJobConfig(BaseModel):
-    """``python -m jobs.train``: surgery, featurize when needed (cached), fit, report, export."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: ModelConfig = ModelConfig()
-    cut: str | list[str] = Field("flatten", description="freeze through this node (or nodes)")
-    head: str = Field("classifier.1", description="the output layer, resized to the classes")
-    start_from: str | None = Field(None, description="an exported network (e.g. an earlier "
-                                                     "run's model) to continue from: refrozen at "
-                                                     "cut, its trained head kept")
-    hidden: list[int] = Field(default_factory=list, description="widths of Linear+ReLU+Dropout "
-                                                               "blocks inserted before the head")
-    hidden_dropout: float = Field(0.0, ge=0, lt=1)
-    mode: Literal["features", "end_to_end"] = Field(
-        "features", description="features: featurize once (cached), fit on the feature set; "
-                                "end_to_end: decode, augment and run the prefix every epoch")
-    data: DataConfig
-    featurize: FeaturizeConfig = FeaturizeConfig()
-    train: TrainConfig = TrainConfig()
-    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
-                                                      "cluster, else a new local instance")
-
-
-class TuneJobConfig(BaseModel):
-    """``python -m jobs.tune``: featurize every cut in the space once, sweep on Ray Tune, write
-    the results table, plots, best network and report. ``preset: compare`` runs the three-row
-    scratch / frozen / fine-tuned comparison instead of the search space."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, description="default: a hash of the settings and the data; "
-                                               "re-running the same name resumes the sweep")
-    storage: str = Field("runs/tune", description="local path or URI the sweeps are written to")
-    preset: Literal["sweep", "compare"] = "sweep"
-    model: ModelConfig = ModelConfig()
-    head: str = Field("classifier.1", description="the output layer, resized to the classes")
-    data: DataConfig
-    featurize: FeaturizeConfig = FeaturizeConfig()
-    space: SearchSpace = SearchSpace()
-    compare: CompareConfig = CompareConfig()
-    num_samples: int = Field(8, gt=0, description="trials sampled (times each grid point)")
-    seed: int = Field(0, description="seeds the sampler and every trial's initialisation")
-    metric: str = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
-    asha: AshaConfig | None = Field(AshaConfig(), description="early stopping; null: none")
-    train: TrainConfig = Field(TrainConfig(), description=(
-        "per-trial settings not in the space: splits, bn_eval, label smoothing, augment (trials "
-        "then read images), workers/use_gpu (trials then run a TorchTrainer)"))
-    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial that trains in its "
-                                                         "own process")
-    max_concurrent_trials: int | None = Field(None, gt=0, description="default: what the "
-                                                                      "cluster's CPUs allow")
-    feature_cache: Literal["shared", "per_trial"] = Field(
-        "shared", description="shared: every cut featurized once before the trials; per_trial: "
-                              "each trial featurizes for itself (the benchmark's baseline)")
-    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
-                                                      "cluster, else a new local instance")
-
-    def test_splits(self) -> list[str]:
-        """Splits of the data besides train and val that are evaluated at the end (``test``)."""
-        return [s for s in self.data.splits if s == "test"]
-
-
-class PredictJobConfig(BaseModel):
-    """``python -m jobs.predict``: classify images with an exported network."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="an exported network: a directory with spec.json and "
-                                   "model.safetensors (e.g. <run>/model)")
-    data: DataConfig
-    predict: PredictConfig = PredictConfig()
-    ray_address: str | None = Field(None, description="default: RAY_ADDRESS, a running local "
-                                                      "cluster, else a new local instance")
-
-
 # ---------------------------------------------------------------------------- reference
-
-JOB_CONFIGS = (DemoConfig, FeaturizeJobConfig, TrainJobConfig, TuneJobConfig, PredictJobConfig)
 
 
 def reference(roots: tuple[type[BaseModel], ...] = JOB_CONFIGS) -> str:
@@ -225,13 +248,19 @@ def _model_table(cls: type[BaseModel]) -> str:
     doc = " ".join((cls.__doc__ or "").split())
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for name, field in cls.model_fields.items():
-        cells = [f"`{name}`", _type_name(field.annotation), _default(field),
-                 " ".join((field.description or "").split())]
+        cells = [
+            f"`{name}`",
+            _type_name(field.annotation),
+            _default(field),
+            " ".join((field.description or "").split()),
+        ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return f"### {cls.__name__}\n\n{doc}\n\n" + "\n".join(rows)
 
 
 def _type_name(annotation) -> str:
+    if annotation == Distribution:
+        return "distribution"
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return " | ".join(repr(a) for a in args)

@@ -9,7 +9,7 @@ A feature set is a directory::
 Feature columns use Arrow's canonical ``fixed_shape_tensor`` extension type, so plain pyarrow,
 pandas or DuckDB read them without Ray and without unpickling anything.
 
-Example::
+Example:
 
     >>> from pipeline.featureset import FeatureSet
     >>> fs = FeatureSet.open("runs/features/tiny_cnn-pool-0123abcd")   # doctest: +SKIP
@@ -37,8 +37,14 @@ MANIFEST, ERRORS, ERROR_PARTS = "_manifest.json", "_errors.parquet", "_errors"
 
 # The schema, defined once. Items (what a source lists) are the first four columns.
 ID, SOURCE, LABEL, SPLIT, VIEW, REASON = "id", "source", "label", "split", "view", "reason"
-ITEM_SCHEMA = pa.schema([pa.field(ID, pa.string(), nullable=False), pa.field(SOURCE, pa.string()),
-                         pa.field(LABEL, pa.int32()), pa.field(SPLIT, pa.string())])
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string()),
+        pa.field(LABEL, pa.int32()),
+        pa.field(SPLIT, pa.string()),
+    ]
+)
 META_SCHEMA = ITEM_SCHEMA.append(pa.field(VIEW, pa.int16()))
 ERROR_SCHEMA = ITEM_SCHEMA.append(pa.field(REASON, pa.string()))
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
@@ -55,28 +61,39 @@ def feature_schema(shapes: dict[str, tuple[int, ...]], dtype: str) -> pa.Schema:
     """Metadata columns plus one ``fixed_shape_tensor`` column per frontier node."""
     clash = sorted(set(shapes) & set(META_SCHEMA.names))
     if clash:
-        raise FeatureSetError(f"frontier nodes {clash} collide with the metadata columns "
-                              f"{META_SCHEMA.names}; rename them with add_vertex")
-    fields = [pa.field(name, pa.fixed_shape_tensor(DTYPES[dtype], list(shape)))
-              for name, shape in shapes.items()]
+        raise FeatureSetError(
+            f"frontier nodes {clash} collide with the metadata columns "
+            f"{META_SCHEMA.names}; rename them with add_vertex"
+        )
+    fields = [
+        pa.field(name, pa.fixed_shape_tensor(DTYPES[dtype], list(shape)))
+        for name, shape in shapes.items()
+    ]
     return pa.schema(list(META_SCHEMA) + fields)
 
 
 def prediction_schema(n_classes: int) -> pa.Schema:
     """Metadata columns plus the predicted class index and name and every class's probability."""
-    return pa.schema(list(META_SCHEMA) + [
-        pa.field(PREDICTED, pa.int32()), pa.field(CLASS, pa.string()),
-        pa.field(PROBABILITIES, pa.fixed_shape_tensor(pa.float32(), [n_classes]))])
+    return pa.schema(
+        list(META_SCHEMA)
+        + [
+            pa.field(PREDICTED, pa.int32()),
+            pa.field(CLASS, pa.string()),
+            pa.field(PROBABILITIES, pa.fixed_shape_tensor(pa.float32(), [n_classes])),
+        ]
+    )
 
 
-def to_table(meta: dict[str, np.ndarray], features: dict[str, np.ndarray],
-             schema: pa.Schema) -> pa.Table:
+def to_table(
+    meta: dict[str, np.ndarray], features: dict[str, np.ndarray], schema: pa.Schema
+) -> pa.Table:
     """Rows of metadata and per-node feature arrays ``(n, *shape)`` as a table of ``schema``."""
     columns = [pa.array(np.asarray(meta[f.name]), type=f.type) for f in META_SCHEMA]
     for field in schema:
         if field.name in features:
-            array = np.ascontiguousarray(features[field.name],
-                                         dtype=field.type.value_type.to_pandas_dtype())
+            array = np.ascontiguousarray(
+                features[field.name], dtype=field.type.value_type.to_pandas_dtype()
+            )
             columns.append(pa.FixedShapeTensorArray.from_numpy_ndarray(array))
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -94,6 +111,7 @@ def directory_name(model: str, frontier: list[str], digest: str) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
+
 
 def part_name(keys: Iterable[str]) -> str:
     """A part's name is a hash of the rows it holds, so a retried task that writes the same rows
@@ -173,13 +191,27 @@ def finalize(uri: str, manifest: dict, expected_views: dict[str, int]) -> Featur
             counts[split][str(label)] += 1
     errors = _merge_errors(fs, root)
     error_ids = set(errors.column(ID).to_pylist())
-    missing = [f"{i}:{v}" for i, n in expected_views.items() if i not in error_ids
-               for v in range(n) if f"{i}:{v}" not in seen]
+    missing = [
+        f"{i}:{v}"
+        for i, n in expected_views.items()
+        if i not in error_ids
+        for v in range(n)
+        if f"{i}:{v}" not in seen
+    ]
     if missing:
-        raise FeatureSetError(f"{uri}: {len(missing)} expected rows are missing (e.g. {missing[:3]});"
-                              " the run did not finish: re-run the same job to complete it")
-    manifest = dict(manifest, format=FORMAT, rows=len(seen), files=files, counts=counts,
-                    errors=errors.num_rows, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        raise FeatureSetError(
+            f"{uri}: {len(missing)} expected rows are missing (e.g. {missing[:3]});"
+            " the run did not finish: re-run the same job to complete it"
+        )
+    manifest = dict(
+        manifest,
+        format=FORMAT,
+        rows=len(seen),
+        files=files,
+        counts=counts,
+        errors=errors.num_rows,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     with fs.open(f"{root}/{MANIFEST}.tmp", "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
     fs.mv(f"{root}/{MANIFEST}.tmp", f"{root}/{MANIFEST}")
@@ -189,7 +221,9 @@ def finalize(uri: str, manifest: dict, expected_views: dict[str, int]) -> Featur
 
 
 def _merge_errors(fs, root: str) -> pa.Table:
-    parts = [pq.read_table(p, filesystem=fs) for p in sorted(fs.glob(f"{root}/{ERROR_PARTS}/part-*"))]
+    parts = [
+        pq.read_table(p, filesystem=fs) for p in sorted(fs.glob(f"{root}/{ERROR_PARTS}/part-*"))
+    ]
     if not parts and fs.exists(f"{root}/{ERRORS}"):
         return pq.read_table(f"{root}/{ERRORS}", filesystem=fs)  # merged by an earlier finalize
     table = pa.concat_tables(parts) if parts else ERROR_SCHEMA.empty_table()
@@ -202,6 +236,7 @@ def _merge_errors(fs, root: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------- reading
+
 
 class FeatureSet:
     """A complete feature set. Open with :meth:`open`; read as torch tensors, pandas or a Ray
@@ -216,12 +251,27 @@ class FeatureSet:
         try:
             manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
         except FileNotFoundError:
-            raise FeatureSetError(f"{uri} has no {MANIFEST}: it is not a feature set, or its run "
-                                  "did not finish (re-run the featurize job to complete it)") from None
+            raise FeatureSetError(
+                f"{uri} has no {MANIFEST}: it is not a feature set, or its run "
+                "did not finish (re-run the featurize job to complete it)"
+            ) from None
         if manifest.get("format") != FORMAT:
-            raise FeatureSetError(f"{uri}: format {manifest.get('format')!r}; this version reads "
-                                  f"format {FORMAT}")
+            raise FeatureSetError(
+                f"{uri}: format {manifest.get('format')!r}; this version reads format {FORMAT}"
+            )
         return cls(uri, manifest)
+
+    @classmethod
+    def under(cls, root: str) -> list[FeatureSet]:
+        """The complete feature sets directly under ``root`` (a ``featurize.out``), by name."""
+        fs, path = fsspec.core.url_to_fs(root)
+        found = []
+        for entry in sorted(fs.ls(path, detail=False)) if fs.isdir(path) else []:
+            if not entry.rsplit("/", 1)[-1].startswith(".") and fs.exists(f"{entry}/{MANIFEST}"):
+                found.append(
+                    cls.open(entry if "file" in fs.protocol else fs.unstrip_protocol(entry))
+                )
+        return found
 
     @property
     def classes(self) -> list[str]:
@@ -242,21 +292,31 @@ class FeatureSet:
     def table(self, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
         """The rows (of one split) as a pyarrow Table."""
         fs, root = fsspec.core.url_to_fs(self.uri)
-        tables = [pq.read_table(f"{root}/{f['name']}", columns=columns, filesystem=fs)
-                  for f in self.manifest["files"]]
-        table = pa.concat_tables(tables) if tables else feature_schema(
-            self.shapes, self.manifest["dtype"]).empty_table()
+        tables = [
+            pq.read_table(f"{root}/{f['name']}", columns=columns, filesystem=fs)
+            for f in self.manifest["files"]
+        ]
+        table = (
+            pa.concat_tables(tables)
+            if tables
+            else feature_schema(self.shapes, self.manifest["dtype"]).empty_table()
+        )
         if split is not None:
             table = table.filter(pc.equal(table.column(SPLIT), split))
         return table
 
-    def tensors(self, split: str | None = None, dtype=None, shard: tuple[int, int] = (0, 1),
-                plain: bool = False):
+    def tensors(
+        self,
+        split: str | None = None,
+        dtype=None,
+        shard: tuple[int, int] = (0, 1),
+        plain: bool = False,
+    ):
         """``({node: tensor (n, *shape)}, labels)`` sorted by (id, view), so two reads of the same
         set line up row for row. ``dtype`` (e.g. ``torch.float32``) converts the features.
         ``shard=(rank, world)`` keeps every world-th row from rank on, reading only those rows'
         features (a training worker's share); ``plain`` keeps only view 0 (no augmented views)."""
-        import torch
+        import torch  # heavy (~2 s): reading a feature set with pyarrow or pandas needs no torch
 
         order = self._shard_rows(split, shard, plain)
         parts = []
@@ -265,9 +325,14 @@ class FeatureSet:
             if rows.num_rows:
                 table = self._read(f["name"], [LABEL, *self.shapes]).take(rows.column("_row"))
                 parts.append(table.append_column("_pos", rows.column("_pos")))
-        table = (pa.concat_tables(parts) if parts else
-                 feature_schema(self.shapes, self.manifest["dtype"]).empty_table()
-                 .select([LABEL, *self.shapes]).append_column("_pos", pa.array([], pa.int64())))
+        table = (
+            pa.concat_tables(parts)
+            if parts
+            else feature_schema(self.shapes, self.manifest["dtype"])
+            .empty_table()
+            .select([LABEL, *self.shapes])
+            .append_column("_pos", pa.array([], pa.int64()))
+        )
         table = table.take(pc.sort_indices(table, [("_pos", "ascending")]))
         features = {}
         for name in self.shapes:
@@ -287,12 +352,24 @@ class FeatureSet:
         keys = []
         for index, f in enumerate(self.manifest["files"]):
             table = self._read(f["name"], [ID, VIEW, SPLIT])
-            keys.append(table.append_column("_file", pa.array(np.full(table.num_rows, index)))
-                        .append_column("_row", pa.array(np.arange(table.num_rows))))
-        table = pa.concat_tables(keys) if keys else pa.table(
-            {ID: pa.array([], pa.string()), VIEW: pa.array([], pa.int16()),
-             SPLIT: pa.array([], pa.string()), "_file": pa.array([], pa.int64()),
-             "_row": pa.array([], pa.int64())})
+            keys.append(
+                table.append_column(
+                    "_file", pa.array(np.full(table.num_rows, index))
+                ).append_column("_row", pa.array(np.arange(table.num_rows)))
+            )
+        table = (
+            pa.concat_tables(keys)
+            if keys
+            else pa.table(
+                {
+                    ID: pa.array([], pa.string()),
+                    VIEW: pa.array([], pa.int16()),
+                    SPLIT: pa.array([], pa.string()),
+                    "_file": pa.array([], pa.int64()),
+                    "_row": pa.array([], pa.int64()),
+                }
+            )
+        )
         if split is not None:
             table = table.filter(pc.equal(table.column(SPLIT), split))
         if plain:
@@ -300,7 +377,8 @@ class FeatureSet:
         table = table.take(pc.sort_indices(table, [(ID, "ascending"), (VIEW, "ascending")]))
         mine = np.arange(rank, table.num_rows, world)
         return table.take(pa.array(mine, pa.int64())).append_column(
-            "_pos", pa.array(np.arange(len(mine)), pa.int64()))
+            "_pos", pa.array(np.arange(len(mine)), pa.int64())
+        )
 
     def count(self, split: str | None = None, plain: bool = False) -> int:
         """Rows of ``split`` (view 0 only when ``plain``), from the key columns."""
@@ -314,8 +392,8 @@ class FeatureSet:
         return pq.read_table(f"{root}/{ERRORS}", filesystem=fs)
 
     def dataset(self, split: str | None = None):
-        """The rows as a Ray Dataset (feature columns arrive as tensors in ``iter_torch_batches``)."""
-        import ray.data
+        """The rows as a Ray Dataset (feature columns are tensors in ``iter_torch_batches``)."""
+        import ray.data  # heavy, and optional for readers of the format
         from ray.data.expressions import col
 
         ds = ray.data.read_parquet(self.paths)

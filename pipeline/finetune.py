@@ -3,45 +3,23 @@
 Param groups are built from the network's trainable parameters only: a frozen parameter never
 enters an optimizer, whatever its ``requires_grad`` says.
 
-Example::
+Example:
 
     >>> from pipeline import finetune, surgery
+    >>> from pipeline.settings import FineTuneConfig
     >>> net = surgery.TransferLearning("tiny:cnn").set_feature_extractor("features").build()
-    >>> cfg = finetune.FineTuneConfig(optimizer="sgd", lr=0.1, overrides={"fc2": {"lr": 0.01}})
+    >>> cfg = FineTuneConfig(optimizer="sgd", lr=0.1, overrides={"fc2": {"lr": 0.01}})
     >>> opt, sched = finetune.build_optimizer(net, cfg, total_steps=10)
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-
-class LayerOverride(BaseModel):
-    """Per-layer settings that win over the network-wide ones (DL4J's per-layer updater)."""
-
-    model_config = ConfigDict(extra="forbid")
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-
-
-class FineTuneConfig(BaseModel):
-    """DL4J's FineTuneConfiguration: how the trainable part of a network is optimized."""
-
-    model_config = ConfigDict(extra="forbid")
-    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    decay_norm_and_bias: bool = False
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    grad_clip: float | None = Field(None, gt=0)
-    seed: int = 0
-    overrides: dict[str, LayerOverride] = Field(default_factory=dict)
+from pipeline.settings import FineTuneConfig, LayerOverride
 
 
 def _no_decay(name: str, p: torch.Tensor) -> bool:
@@ -63,8 +41,10 @@ def check_overrides(net: nn.Module, cfg: FineTuneConfig) -> None:
     valid = {n for n, _ in net.named_modules() if n} | {n for n, _ in net.named_parameters()}
     for key in cfg.overrides:
         if key not in valid:
-            raise ValueError(f"fine-tune override {key!r} names no layer; closest: "
-                             f"{difflib.get_close_matches(key, sorted(valid), n=5)}")
+            raise ValueError(
+                f"fine-tune override {key!r} names no layer; closest: "
+                f"{difflib.get_close_matches(key, sorted(valid), n=5)}"
+            )
 
 
 def param_groups(net: nn.Module, cfg: FineTuneConfig) -> list[dict]:
@@ -77,9 +57,14 @@ def param_groups(net: nn.Module, cfg: FineTuneConfig) -> list[dict]:
             continue
         key, ov = _override_for(name, cfg.overrides)
         decays = cfg.decay_norm_and_bias or not _no_decay(name, p)
-        wd = (ov.weight_decay if ov.weight_decay is not None else cfg.weight_decay) if decays else 0.0
-        group = groups.setdefault((key, decays), {
-            "params": [], "names": [], "lr": ov.lr or cfg.lr, "weight_decay": wd})
+        wd = (
+            (ov.weight_decay if ov.weight_decay is not None else cfg.weight_decay)
+            if decays
+            else 0.0
+        )
+        group = groups.setdefault(
+            (key, decays), {"params": [], "names": [], "lr": ov.lr or cfg.lr, "weight_decay": wd}
+        )
         group["params"].append(p)
         group["names"].append(name)
     if not groups:
@@ -91,8 +76,9 @@ def build_optimizer(net: nn.Module, cfg: FineTuneConfig, total_steps: int):
     """The optimizer over trainable parameters and its per-step lr scheduler."""
     groups = param_groups(net, cfg)
     if cfg.optimizer in ("sgd", "nesterov"):
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.optimizer == "nesterov")
+        opt = torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov"
+        )
     elif cfg.optimizer == "adam":
         opt = torch.optim.Adam(groups, lr=cfg.lr)
     else:
@@ -105,7 +91,8 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: FineTuneConfig, total_steps: int
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps)
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 

@@ -3,13 +3,25 @@
 A spec names a class from an allow-list (``torch.nn`` layers, this module's vertices, classes
 passed to :func:`register_layer`) plus constructor arguments read back from the module, so a
 saved network is rebuilt without importing or unpickling anything a file names.
+
+Example:
+
+    >>> from torch import nn
+    >>> from pipeline.layers import layer_from_spec, layer_to_spec
+    >>> spec = layer_to_spec(nn.Conv2d(3, 8, 3, padding=1))
+    >>> spec["type"], spec["args"]["out_channels"]
+    ('torch.nn.Conv2d', 8)
+    >>> layer_from_spec(spec)
+    Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
 """
 
 from __future__ import annotations
 
 import inspect
+import operator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # --------------------------------------------------------------------------- vertices
@@ -58,7 +70,9 @@ VERTICES = {
     "maxpool": lambda: GlobalPool("max"),
 }
 
-_ALLOWED: dict[str, type[nn.Module]] = {f"pipeline.layers.{c.__name__}": c for c in (Add, Concat, GlobalPool)}
+_ALLOWED: dict[str, type[nn.Module]] = {
+    f"pipeline.layers.{c.__name__}": c for c in (Add, Concat, GlobalPool)
+}
 
 
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
@@ -80,8 +94,10 @@ def _resolve_type(name: str) -> type[nn.Module]:
         return getattr(nn, name[9:])
     if name in _ALLOWED:
         return _ALLOWED[name]
-    raise ValueError(f"layer type {name!r} is not allowed in a spec; "
-                     "register it with pipeline.layers.register_layer")
+    raise ValueError(
+        f"layer type {name!r} is not allowed in a spec; "
+        "register it with pipeline.layers.register_layer"
+    )
 
 
 def layer_to_spec(module: nn.Module) -> dict:
@@ -92,12 +108,14 @@ def layer_to_spec(module: nn.Module) -> dict:
         return {"type": type_name, "children": [layer_to_spec(m) for m in module]}
     args = {}
     for p in _ctor_params(module):
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype", "mode"):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
             continue
         if not hasattr(module, p.name):
             if p.default is p.empty:
-                raise ValueError(f"cannot describe {type(module).__name__}: constructor argument "
-                                 f"{p.name!r} is not an attribute of the layer")
+                raise ValueError(
+                    f"cannot describe {type(module).__name__}: constructor argument "
+                    f"{p.name!r} is not an attribute of the layer"
+                )
             continue
         args[p.name] = _jsonable(p.name, getattr(module, p.name))
     return {"type": type_name, "args": args}
@@ -106,7 +124,8 @@ def layer_to_spec(module: nn.Module) -> dict:
 def _ctor_params(module: nn.Module) -> list[inspect.Parameter]:
     params = list(inspect.signature(type(module).__init__).parameters.values())[1:]
     if isinstance(module, nn.RNNBase):  # LSTM/GRU take *args; their real ones live on RNNBase
-        params = list(inspect.signature(nn.RNNBase.__init__).parameters.values())[1:]
+        # (after ``mode``, which the subclass fixes)
+        params = list(inspect.signature(nn.RNNBase.__init__).parameters.values())[2:]
         if isinstance(module, nn.RNN):
             params.append(inspect.Parameter("nonlinearity", inspect.Parameter.KEYWORD_ONLY))
         if not isinstance(module, nn.LSTM):  # GRU/RNN refuse proj_size even when it is 0
@@ -130,6 +149,51 @@ def layer_from_spec(spec: dict) -> nn.Module:
         return cls(*[layer_from_spec(c) for c in spec["children"]])
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("args", {}).items()}
     return cls(**args)
+
+
+# What keeps a tensor's width: what n_out_replace looks through between a resized layer and the
+# layers whose inputs follow it.
+PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Flatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    GlobalPool,
+)
+PASS_FUNCTIONS = {
+    torch.relu,
+    F.relu,
+    F.relu6,
+    F.silu,
+    F.gelu,
+    F.hardswish,
+    torch.tanh,
+    torch.sigmoid,
+    torch.flatten,
+    F.adaptive_avg_pool2d,
+    F.dropout,
+    operator.getitem,
+}
+PASS_METHODS = {"relu", "sigmoid", "tanh", "flatten", "contiguous"}
 
 
 # --------------------------------------------------------------------------- init and resize
@@ -165,12 +229,17 @@ def init_layer(layer: nn.Module, init: str) -> None:
 def _identity_(layer: nn.Module, name: str, p: torch.Tensor) -> None:
     if isinstance(layer, nn.Linear) and p.shape[0] == p.shape[1]:
         nn.init.eye_(p)
-    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and p.shape[0] == p.shape[1] \
-            and layer.groups == 1:
+    elif (
+        isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and p.shape[0] == p.shape[1]
+        and layer.groups == 1
+    ):
         nn.init.dirac_(p)
     else:
-        raise ValueError(f"identity init needs a square Linear or an ungrouped Conv with "
-                         f"in == out; got {layer} ({name} {tuple(p.shape)})")
+        raise ValueError(
+            f"identity init needs a square Linear or an ungrouped Conv with "
+            f"in == out; got {layer} ({name} {tuple(p.shape)})"
+        )
 
 
 def _gates(layer: nn.Module) -> int:
@@ -197,17 +266,26 @@ def in_size(layer: nn.Module) -> int:
 
 def _check_resizable(layer: nn.Module) -> None:
     if not isinstance(layer, RESIZABLE + NORMS):
-        raise ValueError(f"cannot resize {type(layer).__name__}; resizable: "
-                         f"{[c.__name__ for c in RESIZABLE + NORMS]}")
+        raise ValueError(
+            f"cannot resize {type(layer).__name__}; resizable: "
+            f"{[c.__name__ for c in RESIZABLE + NORMS]}"
+        )
     if getattr(layer, "groups", 1) != 1:
-        raise ValueError(f"cannot resize grouped convolution {layer} (groups={layer.groups}); "
-                         "cut before it or replace it with add_layer")
+        raise ValueError(
+            f"cannot resize grouped convolution {layer} (groups={layer.groups}); "
+            "cut before it or replace it with add_layer"
+        )
     if getattr(layer, "bidirectional", False) or getattr(layer, "proj_size", 0):
         raise ValueError(f"cannot resize bidirectional or projected recurrent layer {layer}")
 
 
-def resized(layer: nn.Module, n_in: int | None = None, n_out: int | None = None,
-            init: str = "xavier", preserve: bool = False) -> nn.Module:
+def resized(
+    layer: nn.Module,
+    n_in: int | None = None,
+    n_out: int | None = None,
+    init: str = "xavier",
+    preserve: bool = False,
+) -> nn.Module:
     """A copy of ``layer`` with ``n_in`` inputs and/or ``n_out`` outputs.
 
     Without ``preserve`` the new layer is initialized with ``init`` (DL4J semantics). With it,
@@ -248,7 +326,7 @@ def _preserve(old: nn.Module, new: nn.Module) -> None:
         for name, p_new in new.named_parameters():
             p_old = getattr(old, name)
             if p_new.ndim >= 2:
-                p_new[:, p_old.shape[1]:] = 0  # new inputs (incl. new recurrent units) add nothing
+                p_new[:, p_old.shape[1] :] = 0  # new inputs (incl. new recurrent units) add nothing
         if isinstance(old, (nn.LSTM, nn.GRU, nn.RNN)):
             _preserve_recurrent(old, new)
         else:

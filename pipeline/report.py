@@ -3,13 +3,13 @@
 Figures are drawn with matplotlib's object API (no pyplot, so no display or global state) and
 written through fsspec, so a run directory on object storage gets its report too.
 
-Example::
+Example:
 
     >>> from pipeline.report import write_report
     >>> history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "train_accuracy": 0.5,
     ...             "val_accuracy": 0.4}]
-    >>> write_report("/tmp/run", history, None, title="demo")
-    '/tmp/run/report.html'
+    >>> write_report(str(tmp / "run"), history, None, title="demo").endswith("run/report.html")
+    True
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ import io
 from typing import TYPE_CHECKING
 
 import fsspec
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from pipeline.train import Evaluation
+    from pipeline.metrics import Evaluation
 
-CURVES = {"loss.png": ("loss", ["train_loss", "val_loss"]),
-          "accuracy.png": ("accuracy", ["train_accuracy", "val_accuracy"])}
+CURVES = {
+    "loss.png": ("loss", ["train_loss", "val_loss"]),
+    "accuracy.png": ("accuracy", ["train_accuracy", "val_accuracy"]),
+}
 CONFUSION = "confusion.png"
 
 
@@ -36,8 +39,6 @@ def _png(figure) -> bytes:
 
 def curve(history: list[dict], keys: list[str], ylabel: str) -> bytes:
     """One line per metric in ``keys`` against the epoch."""
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(5, 3.2))
     axes = figure.subplots()
     epochs = [h["epoch"] for h in history]
@@ -54,8 +55,6 @@ def curve(history: list[dict], keys: list[str], ylabel: str) -> bytes:
 
 def confusion_plot(confusion: list[list[int]], classes: list[str]) -> bytes:
     """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
-    from matplotlib.figure import Figure
-
     size = min(12, 2.5 + 0.45 * len(classes))
     figure = Figure(figsize=(size, size * 0.85))
     axes = figure.subplots()
@@ -70,8 +69,15 @@ def confusion_plot(confusion: list[list[int]], classes: list[str]) -> bytes:
         high = max(max(row) for row in confusion) if confusion else 0
         for i, row in enumerate(confusion):
             for j, count in enumerate(row):
-                axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                          color="white" if count > high / 2 else "black")
+                axes.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if count > high / 2 else "black",
+                )
     return _png(figure)
 
 
@@ -80,8 +86,9 @@ def _table(rows: list[dict]) -> str:
         return "<p>none</p>"
     keys = list(rows[0])
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in keys) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -99,32 +106,47 @@ def _write_images(directory: str, images: dict[str, bytes]) -> None:
 
 def _write_page(directory: str, title: str, sections: list[str]) -> str:
     fs, root = fsspec.core.url_to_fs(directory)
-    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
-            "text-align:right}img{max-width:48%;margin:4px}</style>" + "\n".join(sections))
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
+        "text-align:right}img{max-width:48%;margin:4px}</style>" + "\n".join(sections)
+    )
     with fs.open(f"{root}/report.html", "w") as f:
         f.write(page)
     return f"{directory.rstrip('/')}/report.html"
 
 
-def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | None,
-                 title: str = "training run") -> str:
+def write_report(
+    run_dir: str, history: list[dict], evaluation: Evaluation | None, title: str = "training run"
+) -> str:
     """Write ``loss.png``, ``accuracy.png``, ``confusion.png`` and ``report.html`` under
     ``run_dir`` (local path or fsspec URI); returns the report's path."""
     images = {}
     for name, (label, keys) in CURVES.items():
-        images[name] = curve(history, keys + [k for k in (history[0] if history else {})
-                                              if k.startswith("val_top") and label == "accuracy"],
-                             label)
+        images[name] = curve(
+            history,
+            keys
+            + [
+                k
+                for k in (history[0] if history else {})
+                if k.startswith("val_top") and label == "accuracy"
+            ],
+            label,
+        )
     if evaluation is not None:
         images[CONFUSION] = confusion_plot(evaluation.confusion, evaluation.classes)
     _write_images(run_dir, images)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if evaluation is not None:
-        sections += [f"<h2>Evaluation</h2><p>{html.escape(evaluation.summary())}</p>",
-                     _table([{"class": c, "accuracy": a, "examples": sum(row)}
-                             for (c, a), row in zip(evaluation.per_class.items(),
-                                                    evaluation.confusion)])]
+        sections += [
+            f"<h2>Evaluation</h2><p>{html.escape(evaluation.summary())}</p>",
+            _table(
+                [
+                    {"class": c, "accuracy": a, "examples": sum(row)}
+                    for (c, a), row in zip(evaluation.per_class.items(), evaluation.confusion)
+                ]
+            ),
+        ]
     sections += ["<h2>Curves</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
     sections += ["<h2>Epochs</h2>", _table(history)]
     return _write_page(run_dir, title, sections)
@@ -132,8 +154,6 @@ def write_report(run_dir: str, history: list[dict], evaluation: Evaluation | Non
 
 def scatter(rows: list[dict], x: str, y: str, xlabel: str, log: bool = False) -> bytes:
     """One point per trial: ``y`` against ``x`` (trials without both are left out)."""
-    from matplotlib.figure import Figure
-
     points = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) == r.get(y)]
     figure = Figure(figsize=(5, 3.2))
     axes = figure.subplots()
@@ -146,31 +166,62 @@ def scatter(rows: list[dict], x: str, y: str, xlabel: str, log: bool = False) ->
     return _png(figure)
 
 
-SWEEP_COLUMNS = ("trial", "row", "unfreeze", "lr", "weight_decay", "width", "depth", "dropout",
-                 "optimizer", "batch_size", "epochs", "epochs_run", "best", "best_epoch", "final",
-                 "best_train_accuracy", "best_val_loss", "seconds", "status")
+SWEEP_COLUMNS = (
+    "trial",
+    "row",
+    "unfreeze",
+    "lr",
+    "weight_decay",
+    "width",
+    "depth",
+    "dropout",
+    "optimizer",
+    "batch_size",
+    "epochs",
+    "epochs_run",
+    "best",
+    "best_epoch",
+    "final",
+    "best_train_accuracy",
+    "best_val_loss",
+    "seconds",
+    "status",
+)
 
 
-def write_sweep_report(sweep_dir: str, table: list[dict], best: dict, best_model: str,
-                       compare: list[dict], title: str = "sweep") -> str:
+def write_sweep_report(
+    sweep_dir: str,
+    table: list[dict],
+    best: dict,
+    best_model: str,
+    compare: list[dict],
+    title: str = "sweep",
+) -> str:
     """Write ``by_unfreeze.png``, ``by_lr.png`` and ``report.html`` (the comparison table when
     given, the best trial, every trial) under ``sweep_dir``; returns the report's path."""
     depth = [dict(r, unfrozen=_unfrozen(r.get("unfreeze"))) for r in table]
-    images = {"by_unfreeze.png": scatter(depth, "unfrozen", "best",
-                                         "unfrozen blocks (-1: all, a name: that cut)")}
+    images = {
+        "by_unfreeze.png": scatter(
+            depth, "unfrozen", "best", "unfrozen blocks (-1: all, a name: that cut)"
+        )
+    }
     if any(r.get("lr") is not None for r in table):
         images["by_lr.png"] = scatter(table, "lr", "best", "learning rate", log=True)
     _write_images(sweep_dir, images)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if compare:
         sections += ["<h2>Scratch vs frozen vs fine-tuned</h2>", _table(compare)]
-    sections += [f"<h2>Best trial</h2><p>{html.escape(best['trial'])}: {best['metric']} "
-                 f"{best['best']:.4f} at epoch {best.get('best_epoch')}, unfreeze "
-                 f"{html.escape(str(best['unfreeze']))}; network exported to "
-                 f"{html.escape(best_model)}</p>"]
+    sections += [
+        f"<h2>Best trial</h2><p>{html.escape(best['trial'])}: {best['metric']} "
+        f"{best['best']:.4f} at epoch {best.get('best_epoch')}, unfreeze "
+        f"{html.escape(str(best['unfreeze']))}; network exported to "
+        f"{html.escape(best_model)}</p>"
+    ]
     sections += ["<h2>Plots</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
-    sections += ["<h2>Trials</h2>", _table([{k: r.get(k) for k in SWEEP_COLUMNS if k in r}
-                                            for r in table])]
+    sections += [
+        "<h2>Trials</h2>",
+        _table([{k: r.get(k) for k in SWEEP_COLUMNS if k in r} for r in table]),
+    ]
     return _write_page(sweep_dir, title, sections)
 
 
@@ -182,16 +233,16 @@ def _unfrozen(unfreeze) -> float | None:
 
 def bars(rows: list[dict], keys: list[str], label: str = "row") -> bytes:
     """Grouped bars: one group per row (named by ``rows[i][label]``), one bar per key."""
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(5, 3.2))
     ax = figure.add_subplot()
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
-        ax.bar([j + i * width for j in range(len(rows))], [r.get(key) for r in rows], width,
-               label=key)
-    ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(rows))],
-                  [str(r[label]) for r in rows])
+        ax.bar(
+            [j + i * width for j in range(len(rows))], [r.get(key) for r in rows], width, label=key
+        )
+    ax.set_xticks(
+        [j + width * (len(keys) - 1) / 2 for j in range(len(rows))], [str(r[label]) for r in rows]
+    )
     ax.set_ylim(0, 1)
     ax.legend()
     return _png(figure)
@@ -208,8 +259,14 @@ def write_index(directory: str, title: str, sections: list[dict]) -> str:
         if section.get("text"):
             parts.append(f"<p>{html.escape(section['text'])}</p>")
         if section.get("rows"):
-            _write_images(directory, {"compare.png": bars(
-                section["rows"], ["train_accuracy", "val_accuracy", "test_accuracy"])})
+            _write_images(
+                directory,
+                {
+                    "compare.png": bars(
+                        section["rows"], ["train_accuracy", "val_accuracy", "test_accuracy"]
+                    )
+                },
+            )
             parts += [_table(section["rows"]), '<img src="compare.png" alt="compare.png">']
         for key in ("report", "model"):
             if section.get(key):

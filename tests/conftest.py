@@ -5,15 +5,20 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-from pathlib import Path
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.settings import Preprocess  # noqa: E402
 
 # Real data and weights beside the checkout; tests that read them skip when they are absent.
 SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 REPO = Path(__file__).resolve().parents[1]
+TINY = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def needs_shared(*paths: Path):
@@ -24,6 +29,9 @@ def needs_shared(*paths: Path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------- Ray
 
 
 def start_ray():
@@ -50,25 +58,103 @@ def ray_local(_ray_session):
     return start_ray()
 
 
+# ---------------------------------------------------------------------------- helpers
+
+
+def frozen_tensors(net) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if k in net.frozen_parameter_names()}
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def standardized(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
+    """uint8 crops as the network's input (what the engines compute on the device)."""
+    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def add_bad_files(root):
+    """One of each kind of bad input, beside good images of the same class (same block)."""
+    good = next((root / "circle").glob("*.png"))
+    buffer = io.BytesIO()
+    Image.open(good).convert("RGB").save(buffer, "JPEG")
+    (root / "circle" / "empty.png").write_bytes(b"")
+    (root / "circle" / "notes.txt").write_text("not an image")
+    (root / "circle" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    png = good.read_bytes()
+    (root / "circle" / "garbage.png").write_bytes(png[:60] + bytes(len(png) - 60))  # zeroed data
+    Image.new("RGB", (90, 90), "red").save(root / "circle" / "bomb.png")  # > max_image_pixels
+    return {
+        "empty.png": "empty file",
+        "notes.txt": "not an image",
+        "truncated.jpg": "truncated or corrupt",
+        "garbage.png": "truncated or corrupt",
+        "bomb.png": "decompression bomb",
+    }
+
+
+def make_tiny_net(cut="pool", seed=3, classes=5):
+    """tiny:cnn frozen through ``cut``, its head resized to ``classes`` (seeded)."""
+    from pipeline.surgery import TransferLearning
+
+    torch.manual_seed(seed)
+    return (
+        TransferLearning("tiny:cnn", seed=seed)
+        .set_feature_extractor(cut)
+        .n_out_replace("fc2", classes)
+        .build()
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    return make_tiny_net
+
+
+@pytest.fixture(scope="session")
+def tiny_features(_ray_session, tmp_path_factory):
+    """Generated shapes (plus one corrupt file) featurized in float32 at two cuts, once per
+    session: the data of the training, evaluation and loop tests."""
+    from pipeline.featurize import featurize
+    from pipeline.settings import DataConfig, FeaturizeConfig
+    from pipeline.shapes import generate_shapes
+    from pipeline.sources import list_items
+
+    start_ray()
+    root = tmp_path_factory.mktemp("tiny")
+    generate_shapes(root / "data", per_class=12, size=32)
+    (root / "data" / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
+    items = list_items(DataConfig(sources=[str(root / "data")]))
+    cfg = FeaturizeConfig(out=str(root / "features"), batch_size=16, dtype="float32")
+    sets = featurize(make_tiny_net(), items, cfg, cuts=["pool", "features.0"]).feature_sets
+    return {"root": root / "data", "items": items, "pool": sets[0], "features.0": sets[1]}
+
+
+# ---------------------------------------------------------------------------- shared data
+
+
 @pytest.fixture(scope="session")
 def flowers_features(_ray_session, tmp_path_factory):
     """flowers128 featurized once per session at mobilenet_v2's penultimate layer (80/20 split),
     through the example job config; tests that need real features share it. The same pass also
     writes the features.16 set that the fine-tuning step reads (a cache hit there)."""
     from pipeline.config import FeaturizeJobConfig, load_config
-    from pipeline.featurize import featurize
-    from pipeline.sources import list_items
-    from pipeline.surgery import TransferLearning
+    from pipeline.flows import run_featurize
 
     start_ray()
-    cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_flowers.yaml"),
-                      [f"featurize.out={tmp_path_factory.mktemp('flowers')}",
-                       "cuts=[flatten, features.16]",
-                       f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
-                       f"model.weights={MOBILENET_WEIGHTS}"])
-    net = TransferLearning(cfg.model.name, weights=cfg.model.weights).build()
-    result = featurize(net, list_items(cfg.data), cfg.featurize, cuts=cfg.cuts)
-    return result.feature_sets[0]
+    cfg = load_config(
+        FeaturizeJobConfig,
+        str(REPO / "jobs/configs/featurize_flowers.yaml"),
+        [
+            f"featurize.out={tmp_path_factory.mktemp('flowers')}",
+            "cuts=[flatten, features.16]",
+            f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
+            f"model.weights={MOBILENET_WEIGHTS}",
+        ],
+    )
+    return run_featurize(cfg).feature_sets[0]
 
 
 @pytest.fixture(scope="session")
@@ -76,16 +162,17 @@ def hymenoptera_features(_ray_session, tmp_path_factory):
     """hymenoptera (its own train/val folders) featurized once per session at mobilenet_v2's
     penultimate layer through the example config; jobs.train on the same data is a cache hit."""
     from pipeline.config import FeaturizeJobConfig, load_config
-    from pipeline.featurize import featurize
-    from pipeline.sources import list_items
-    from pipeline.surgery import TransferLearning
+    from pipeline.flows import run_featurize
 
     start_ray()
     root = SHARED / "data" / "hymenoptera"
-    cfg = load_config(FeaturizeJobConfig, str(REPO / "jobs/configs/featurize_hymenoptera.yaml"),
-                      [f"featurize.out={tmp_path_factory.mktemp('hymenoptera')}",
-                       f"model.weights={MOBILENET_WEIGHTS}",
-                       (f"data.sources=[{{uri: {root}/train, split: train}},"
-                        f"{{uri: {root}/val, split: val}}]")])
-    net = TransferLearning(cfg.model.name, weights=cfg.model.weights).build()
-    return featurize(net, list_items(cfg.data), cfg.featurize, cuts=cfg.cuts, progress=None)
+    cfg = load_config(
+        FeaturizeJobConfig,
+        str(REPO / "jobs/configs/featurize_hymenoptera.yaml"),
+        [
+            f"featurize.out={tmp_path_factory.mktemp('hymenoptera')}",
+            f"model.weights={MOBILENET_WEIGHTS}",
+            (f"data.sources=[{{uri: {root}/train, split: train}},{{uri: {root}/val, split: val}}]"),
+        ],
+    )
+    return run_featurize(cfg)

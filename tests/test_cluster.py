@@ -17,9 +17,11 @@ import psutil
 import pytest
 import ray
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from pipeline.config import FeaturizeJobConfig, load_config
+from pipeline.featureset import FeatureSet
+from pipeline.shapes import generate_shapes
 
 CLUSTER = REPO / "cluster"
 
@@ -33,8 +35,11 @@ def test_launcher_config_matches_rays_schema():
     assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values())
     # the project is installed on every node, and the job API stays on the head's loopback
     assert any("pip install" in c and "/ray-transfer" in c for c in config["setup_commands"])
-    assert all("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"]
-               if "ray start" in c)
+    assert all(
+        "--dashboard-host=127.0.0.1" in c
+        for c in config["head_start_ray_commands"]
+        if "ray start" in c
+    )
 
 
 def test_rayjob_manifest_names_a_real_entrypoint():
@@ -43,9 +48,12 @@ def test_rayjob_manifest_names_a_real_entrypoint():
     spec = job["spec"]
     cluster = spec["rayClusterSpec"]
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
-    gpus = [g for g in cluster["workerGroupSpecs"]
-            for c in g["template"]["spec"]["containers"]
-            if "nvidia.com/gpu" in c["resources"]["limits"]]
+    gpus = [
+        g
+        for g in cluster["workerGroupSpecs"]
+        for c in g["template"]["spec"]["containers"]
+        if "nvidia.com/gpu" in c["resources"]["limits"]
+    ]
     assert gpus
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
     python, flag, module, option, config, *overrides = shlex.split(spec["entrypoint"])
@@ -58,6 +66,7 @@ def test_rayjob_manifest_names_a_real_entrypoint():
 
 
 # ---------------------------------------------------------------------------- ray job submit
+
 
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
@@ -75,22 +84,27 @@ def test_ray_job_submit_runs_featurize_on_a_loopback_cluster(ray_local, tmp_path
     """cluster/local.sh: `ray start --head` on 127.0.0.1 with token auth, `ray job submit
     --working-dir .` of the featurize job, succeeded, its feature set complete; `stop` ends only
     that cluster (this session's own Ray keeps running)."""
-    from pipeline import sources
-    from pipeline.featureset import FeatureSet
-
-    sources.generate_shapes(tmp_path / "data", per_class=4, size=32)
+    generate_shapes(tmp_path / "data", per_class=4, size=32)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
     gcs, dashboard, client, agent = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(STATE=str(tmp_path / "state"), RAY_TMP=ray_tmp, NUM_CPUS="2",
-               RAY_PORT=str(gcs), DASHBOARD_PORT=str(dashboard), CLIENT_PORT=str(client),
-               AGENT_PORT=str(agent), RAY_DATA_DISABLE_PROGRESS_BARS="1",
-               PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    env.update(
+        STATE=str(tmp_path / "state"),
+        RAY_TMP=ray_tmp,
+        NUM_CPUS="2",
+        RAY_PORT=str(gcs),
+        DASHBOARD_PORT=str(dashboard),
+        CLIENT_PORT=str(client),
+        AGENT_PORT=str(agent),
+        RAY_DATA_DISABLE_PROGRESS_BARS="1",
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+    )
     script = [str(CLUSTER / "local.sh")]
 
     def run(*args, timeout=240):
-        return subprocess.run(script + list(args), cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            script + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
 
     try:
         started = run("start")
@@ -103,25 +117,38 @@ def test_ray_job_submit_runs_featurize_on_a_loopback_cluster(ray_local, tmp_path
             socket.create_connection((_outward_ip(), dashboard), timeout=2).close()
         anonymous = subprocess.run(
             ["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"],
-            env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
-            timeout=60)
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert anonymous.returncode != 0
 
         out = tmp_path / "features"  # absolute: the job runs in a temporary copy of the tree
-        job = run("submit", "featurize", "--config", "jobs/configs/featurize_tiny.yaml",
-                  f"data.sources=[{tmp_path / 'data'}]", f"featurize.out={out}", timeout=420)
+        job = run(
+            "submit",
+            "featurize",
+            "--config",
+            "jobs/configs/featurize_tiny.yaml",
+            f"data.sources=[{tmp_path / 'data'}]",
+            f"featurize.out={out}",
+            timeout=420,
+        )
         log = job.stdout + job.stderr
         assert job.returncode == 0 and re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
-        assert "featurized 20 images, 0 errors" in log
-        (feature_set,) = out.iterdir()
-        assert FeatureSet.open(str(feature_set)).count() == 20
+        assert "featurize: 20 images, 0 errors" in log
+        (feature_set,) = FeatureSet.under(str(out))
+        assert feature_set.count() == 20
     finally:
         stopped = run("stop", timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert stopped.returncode == 0 and f"stopped pid {pid}" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    leftovers = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-                 if any(ray_tmp in part for part in (p.info["cmdline"] or []))]
+    leftovers = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if any(ray_tmp in part for part in (p.info["cmdline"] or []))
+    ]
     assert not leftovers, f"processes of the stopped cluster still run: {leftovers}"
     assert ray_local.get(ray_local.remote(lambda: 1).remote()) == 1  # ours was left alone
 

@@ -15,9 +15,13 @@ SHAPES = {"block.1": (4, 2, 2), "pool": (4,)}
 
 def _rows(ids, split="train", views=None):
     n = len(ids)
-    meta = {fset.ID: ids, fset.SOURCE: [f"/data/{i}.png" for i in ids],
-            fset.LABEL: np.arange(n) % 2, fset.SPLIT: [split] * n,
-            fset.VIEW: views if views is not None else [0] * n}
+    meta = {
+        fset.ID: ids,
+        fset.SOURCE: [f"/data/{i}.png" for i in ids],
+        fset.LABEL: np.arange(n) % 2,
+        fset.SPLIT: [split] * n,
+        fset.VIEW: views if views is not None else [0] * n,
+    }
     rng = np.random.default_rng(len(ids))
     features = {k: rng.normal(size=(n, *s)).astype(np.float32) for k, s in SHAPES.items()}
     return fset.to_table(meta, features, fset.feature_schema(SHAPES, "float16"))
@@ -30,8 +34,11 @@ def _write(directory, table):
 
 
 def _finalize(directory, ids, views=1):
-    return fset.finalize(str(directory), {"classes": ["a", "b"], "frontier": SHAPES,
-                                          "dtype": "float16"}, {i: views for i in ids})
+    return fset.finalize(
+        str(directory),
+        {"classes": ["a", "b"], "frontier": SHAPES, "dtype": "float16"},
+        {i: views for i in ids},
+    )
 
 
 def test_schema_uses_canonical_tensor_columns():
@@ -52,7 +59,7 @@ def refuse(*a, **k):
     raise AssertionError("something tried to unpickle")
 pickle.loads = pickle.load = refuse
 import pyarrow.dataset as ds
-table = ds.dataset({str(tmp_path / 'fs')!r}, format="parquet").to_table()
+table = ds.dataset({str(tmp_path / "fs")!r}, format="parquet").to_table()
 assert table.num_rows == 3, table.num_rows
 tensor = table.column("block.1").combine_chunks().to_numpy_ndarray()
 assert tensor.shape == (3, 4, 2, 2) and str(tensor.dtype) == "float16", tensor.shape
@@ -61,7 +68,9 @@ assert frame["pool"][0].shape == (4,)
 assert "ray" not in sys.modules and "torch" not in sys.modules
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 

@@ -1,4 +1,3 @@
-import io
 import shutil
 import signal
 import subprocess
@@ -8,23 +7,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared, start_ray
-from PIL import Image
 
+from conftest import MOBILENET_WEIGHTS, REPO, SHARED, add_bad_files, needs_shared, start_ray
 from pipeline import featureset as fset
 from pipeline import sources
+from pipeline.decode import read_image, resize_crop, transform
 from pipeline.featureset import FeatureSet
-from pipeline.featurize import (
-    BadImage,
-    FeaturizeConfig,
-    PrefixModel,
-    decode_batch,
-    featurize,
-    plan,
-    read_image,
-)
+from pipeline.featurize import PrefixModel, featurize, plan
+from pipeline.settings import DataConfig, FeaturizeConfig, Preprocess
+from pipeline.shapes import SHAPES, generate_shapes
 from pipeline.surgery import TransferLearning
-from pipeline.zoo import Preprocess
 
 CUTS = ["pool", "features.1"]
 TINY = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -34,27 +26,11 @@ def _net():
     return TransferLearning("tiny:cnn", seed=3).set_feature_extractor("pool").build()
 
 
-def _add_bad_files(root):
-    """One of each kind of bad input, beside good images of the same class (same block)."""
-    good = next((root / "circle").glob("*.png"))
-    buffer = io.BytesIO()
-    Image.open(good).convert("RGB").save(buffer, "JPEG")
-    (root / "circle" / "empty.png").write_bytes(b"")
-    (root / "circle" / "notes.txt").write_text("not an image")
-    (root / "circle" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
-    png = good.read_bytes()
-    (root / "circle" / "garbage.png").write_bytes(png[:60] + bytes(len(png) - 60))  # zeroed data
-    Image.new("RGB", (90, 90), "red").save(root / "circle" / "bomb.png")  # > max_image_pixels
-    return {"empty.png": "empty file", "notes.txt": "not an image",
-            "truncated.jpg": "truncated or corrupt", "garbage.png": "truncated or corrupt",
-            "bomb.png": "decompression bomb"}
-
-
 def _reference(net, cut, paths):
     """What the network computes for these images, in one process, float32."""
     variant = TransferLearning(net).set_feature_extractor(cut).build()
-    transform = TINY.transform()
-    images = torch.stack([transform(read_image(str(p), 10**8)) for p in paths])
+    plain = transform(TINY)
+    images = torch.stack([plain(read_image(str(p), 10**8)) for p in paths])
     return variant.featurize(images)
 
 
@@ -62,70 +38,48 @@ def _reference(net, cut, paths):
 def tiny_run(tmp_path_factory, _ray_session):
     start_ray()
     root = tmp_path_factory.mktemp("featurize")
-    sources.generate_shapes(root / "data", per_class=8, size=32)
-    bad = _add_bad_files(root / "data")
-    items = sources.list_items(sources.DataConfig(sources=[str(root / "data")]))
-    cfg = FeaturizeConfig(out=str(root / "out"), batch_size=16, dtype="float32",
-                          max_image_pixels=64 * 64)
-    lines = []
-    result = featurize(_net(), items, cfg, cuts=CUTS, progress=lines.append)
-    return dict(root=root, items=items, cfg=cfg, result=result, bad=bad, lines=lines)
+    generate_shapes(root / "data", per_class=8, size=32)
+    bad = add_bad_files(root / "data")
+    items = sources.list_items(DataConfig(sources=[str(root / "data")]))
+    cfg = FeaturizeConfig(
+        out=str(root / "out"), batch_size=16, dtype="float32", max_image_pixels=64 * 64
+    )
+    result = featurize(_net(), items, cfg, cuts=CUTS)
+    return dict(root=root, items=items, cfg=cfg, result=result, bad=bad)
 
 
 # ---------------------------------------------------------------------------- stages, no Ray
 
-def test_read_image_names_what_is_wrong(tmp_path):
-    sources.generate_shapes(tmp_path, per_class=1, size=32)
-    bad = _add_bad_files(tmp_path)
-    for name, reason in bad.items():
-        with pytest.raises(BadImage, match=reason):
-            read_image(str(tmp_path / "circle" / name), 64 * 64)
 
-
-def test_read_image_applies_exif_orientation(tmp_path):
-    image = Image.new("RGB", (40, 20), "blue")
-    exif = image.getexif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
-    image.save(tmp_path / "rotated.jpg", exif=exif)
-    assert read_image(str(tmp_path / "rotated.jpg"), 10**6).size == (20, 40)
-
-
-def test_decode_batch_keeps_the_rest_of_a_block_and_makes_seeded_views(tmp_path):
-    sources.generate_shapes(tmp_path, per_class=1, size=32)
-    (tmp_path / "circle" / "empty.png").write_bytes(b"")
-    table = sources.list_items(sources.DataConfig(sources=[str(tmp_path)],
-                                                  splits={"train": 1.0})).table
-    batch = {k: np.array(table.column(k).to_pylist(), dtype=object) for k in table.column_names}
-    kwargs = dict(preprocess=TINY, views=2, augment=FeaturizeConfig().augment, max_pixels=10**6)
-    out = decode_batch(batch, **kwargs)
-    assert len(out["id"]) == 5 * 3 + 1 and out["image"].shape == (16, 3, 32, 32)
-    assert sorted(e for e in out["error"] if e) == ["empty file (0 bytes)"]
-    assert out["image"].dtype == np.uint8
-    again = decode_batch(batch, **kwargs)
-    assert np.array_equal(out["image"], again["image"])  # augmented views are seeded
-    plain = out["image"][(out["view"] == 0) & (out["error"] == "")]
-    assert not np.array_equal(plain, out["image"][out["view"] == 1])
+def _standardized(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
+    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
 
 
 def test_prefix_model_matches_the_network(tmp_path):
     net = _net()
+    net.save(str(tmp_path / "net"))
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    model = PrefixModel(net.to_files(), net.frontier_shapes(), TINY, dtype="float32")
-    batch = {"error": np.array(["", "", "broken", "", "", ""], dtype=object),
-             "image": images.numpy()}
+    model = PrefixModel(
+        str(tmp_path / "net"), net.frontier_shapes(), TINY.model_dump(), dtype="float32"
+    )
+    batch = {
+        "error": np.array(["", "", "broken", "", "", ""], dtype=object),
+        "image": images.numpy(),
+    }
     out = model(batch)
-    to_float, standardize = TINY.normalize()
-    expected = net.featurize(torch.stack([standardize(to_float(i)) for i in images]))
+    expected = net.featurize(_standardized(images, TINY))
     ok = np.array([True, True, False, True, True, True])
     assert "image" not in out
-    torch.testing.assert_close(torch.from_numpy(out["pool"][ok]), expected["pool"][ok],
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.from_numpy(out["pool"][ok]), expected["pool"][ok], atol=1e-5, rtol=1e-4
+    )
     assert not out["pool"][2].any()
 
 
 def test_fingerprint_follows_what_changes_the_features(tmp_path):
-    sources.generate_shapes(tmp_path / "d", per_class=1, size=16)
-    items = sources.list_items(sources.DataConfig(sources=[str(tmp_path / "d")]))
+    generate_shapes(tmp_path / "d", per_class=1, size=16)
+    items = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
     cfg = FeaturizeConfig(out=str(tmp_path / "out"))
     net = _net()
     uri = plan(net, items, cfg)[0].uri
@@ -135,26 +89,28 @@ def test_fingerprint_follows_what_changes_the_features(tmp_path):
     assert plan(net, items, cfg.model_copy(update={"dtype": "float32"}))[0].uri != uri
     assert plan(net, items, cfg.model_copy(update={"views": 2}))[0].uri != uri
     assert plan(net, items, cfg, cuts=["features.1"])[0].uri != uri
-    assert plan(TransferLearning("tiny:cnn", seed=4).set_feature_extractor("pool").build(),
-                items, cfg)[0].uri != uri  # other weights
+    assert (
+        plan(
+            TransferLearning("tiny:cnn", seed=4).set_feature_extractor("pool").build(), items, cfg
+        )[0].uri
+        != uri
+    )  # other weights
     (tmp_path / "d" / "circle" / "extra.png").write_bytes(b"")
-    items2 = sources.list_items(sources.DataConfig(sources=[str(tmp_path / "d")]))
+    items2 = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
     assert plan(net, items2, cfg)[0].uri != uri
-
-
-def test_config_refuses_settings_that_would_fuse_decode_into_the_model():
-    with pytest.raises(ValueError, match="make them differ"):
-        FeaturizeConfig(decode_cpus=0.5, actor_cpus=0.5)
-    FeaturizeConfig(decode_cpus=0.5, actor_cpus=0.5, actor_gpus=1)
 
 
 # ---------------------------------------------------------------------------- on Ray
 
+
 def test_one_pass_writes_each_cut_with_the_networks_features(tiny_run):
     result, items = tiny_run["result"], tiny_run["items"]
     assert len(result.feature_sets) == 2
-    good = [s for s in items.table.column("source").to_pylist()
-            if not any(s.endswith(b) for b in tiny_run["bad"])]
+    good = [
+        s
+        for s in items.table.column("source").to_pylist()
+        if not any(s.endswith(b) for b in tiny_run["bad"])
+    ]
     for cut, fs in zip(CUTS, result.feature_sets):
         assert fs.manifest["cut"] == [cut]
         table = fs.table()
@@ -164,7 +120,7 @@ def test_one_pass_writes_each_cut_with_the_networks_features(tiny_run):
         got, _ = fs.tensors()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, atol=1e-4, rtol=1e-4)
-        assert fs.classes == sorted(sources.SHAPES)
+        assert fs.classes == sorted(SHAPES)
 
 
 def test_bad_files_are_recorded_skipped_and_counted(tiny_run):
@@ -176,19 +132,17 @@ def test_bad_files_are_recorded_skipped_and_counted(tiny_run):
         assert set(by_name) == set(tiny_run["bad"])
         assert all(reason in by_name[name] for name, reason in tiny_run["bad"].items())
         assert fs.manifest["errors"] == 5 and fs.manifest["rows"] == 40
-    summary = tiny_run["lines"][-1]
-    assert summary.startswith("featurized 40 images, 5 errors, ") and "images/s -> " in summary
+    summary = result.summary()
+    assert summary.startswith("featurize: 40 images, 5 errors, ") and "images/s -> " in summary
     assert all(fs.uri in summary for fs in result.feature_sets)
 
 
 def test_same_inputs_again_is_a_cache_hit_that_computes_nothing(tiny_run):
     out = tiny_run["root"] / "out"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    lines = []
-    again = featurize(_net(), tiny_run["items"], tiny_run["cfg"], cuts=CUTS,
-                      progress=lines.append)
+    again = featurize(_net(), tiny_run["items"], tiny_run["cfg"], cuts=CUTS)
     assert again.images == 0 and len(again.cached) == 2
-    assert lines[-1].startswith("cache hit: ") and "nothing computed" in lines[-1]
+    assert "cache hit, nothing computed" in again.summary()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
@@ -206,33 +160,37 @@ def test_an_interrupted_directory_is_completed_without_duplicates(tiny_run, tmp_
     fset.pq.write_table(duplicate, partial / "part-duplicate.parquet")
     (partial / ".tmp-killed-part-x.parquet").write_bytes(b"PAR1 half")
     cfg = tiny_run["cfg"].model_copy(update={"out": str(tmp_path / "out")})
-    result = featurize(_net(), tiny_run["items"], cfg, cuts=CUTS[:1], progress=None)
+    result = featurize(_net(), tiny_run["items"], cfg, cuts=CUTS[:1])
     reused = sum(fset.pq.read_table(p).num_rows for p in parts[:2])
     assert result.images == 40 - reused  # only what was missing was computed
     assert result.feature_sets[0].uri == str(partial)
     table = result.feature_sets[0].table()
     assert table.num_rows == 40 and len(set(table.column("id").to_pylist())) == 40
-    torch.testing.assert_close(result.feature_sets[0].tensors()[0]["pool"],
-                               done.tensors()[0]["pool"])
+    torch.testing.assert_close(
+        result.feature_sets[0].tensors()[0]["pool"], done.tensors()[0]["pool"]
+    )
     assert not list(partial.glob(".tmp-*"))
 
 
 def test_views_are_written_for_training_images_and_reproducible(ray_local, tmp_path):
-    sources.generate_shapes(tmp_path / "d", per_class=2, size=32)
-    items = sources.list_items(sources.DataConfig(sources=[str(tmp_path / "d")],
-                                                  splits={"train": 0.5, "val": 0.5}))
+    generate_shapes(tmp_path / "d", per_class=2, size=32)
+    items = sources.list_items(
+        DataConfig(sources=[str(tmp_path / "d")], splits={"train": 0.5, "val": 0.5})
+    )
     runs = []
     for out in ("a", "b"):
         cfg = FeaturizeConfig(out=str(tmp_path / out), views=2, batch_size=8)
-        runs.append(featurize(_net(), items, cfg, progress=None).feature_sets[0])
+        runs.append(featurize(_net(), items, cfg).feature_sets[0])
     table = runs[0].table()
     views = {}
     for split, view in zip(table.column("split").to_pylist(), table.column("view").to_pylist()):
         views.setdefault(split, set()).add(view)
     assert views["train"] == {0, 1, 2} and views["val"] == {0}
-    assert table.num_rows == 3 * items.table.filter(
-        fset.pc.equal(items.table.column("split"), "train")).num_rows + \
-        items.table.filter(fset.pc.equal(items.table.column("split"), "val")).num_rows
+    assert (
+        table.num_rows
+        == 3 * items.table.filter(fset.pc.equal(items.table.column("split"), "train")).num_rows
+        + items.table.filter(fset.pc.equal(items.table.column("split"), "val")).num_rows
+    )
     torch.testing.assert_close(runs[0].tensors()[0]["pool"], runs[1].tensors()[0]["pool"])
 
 
@@ -246,23 +204,42 @@ def test_feature_set_reads_as_a_ray_dataset(tiny_run, ray_local):
 
 # ---------------------------------------------------------------------------- the job, killed
 
+
 def _job(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "jobs.featurize", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.featurize", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _job_args(data, out, address, *extra):
-    return ["model.name=tiny:resnet", "cuts=[pool]", f"data.sources=[{data}]",
-            f"featurize.out={out}", "featurize.batch_size=4", "featurize.dtype=float32",
-            f"ray_address={address}", *extra]
+    return [
+        "model.name=tiny:resnet",
+        "cuts=[pool]",
+        f"data.sources=[{data}]",
+        f"featurize.out={out}",
+        "featurize.batch_size=4",
+        "featurize.dtype=float32",
+        f"ray_address={address}",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_a_killed_job_rerun_completes_with_every_image_once(ray_local, tmp_path):
-    sources.generate_shapes(tmp_path / "d", per_class=60, size=64)
+    generate_shapes(tmp_path / "d", per_class=60, size=64)
     address = ray_local.get_runtime_context().gcs_address
-    args = _job_args(tmp_path / "d", tmp_path / "out", address, "featurize.preprocess={"
-                     "resize_size: 64, crop_size: 64, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}")
+    args = _job_args(
+        tmp_path / "d",
+        tmp_path / "out",
+        address,
+        "featurize.preprocess={"
+        "resize_size: 64, crop_size: 64, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}",
+    )
     job = _job(args)
     deadline = time.time() + 120
     while not list((tmp_path / "out").glob("*/part-*")) and time.time() < deadline:
@@ -270,13 +247,14 @@ def test_a_killed_job_rerun_completes_with_every_image_once(ray_local, tmp_path)
     job.send_signal(signal.SIGKILL)
     job.wait()
     written = list((tmp_path / "out").glob("*/part-*"))
-    assert written and not list((tmp_path / "out").glob(f"*/{fset.MANIFEST}")), \
+    assert written and not list((tmp_path / "out").glob(f"*/{fset.MANIFEST}")), (
         "the job finished before it could be killed; give it more images"
+    )
     rerun = _job(args)
     output = rerun.communicate(timeout=240)[0]
     assert rerun.returncode == 0, output
-    assert "featurized " in output.splitlines()[-1]
-    fs = FeatureSet.open(str(next((tmp_path / "out").iterdir())))
+    assert "featurize: " in output.splitlines()[-1]
+    (fs,) = FeatureSet.under(str(tmp_path / "out"))
     ids = fs.table().column("id").to_pylist()
     assert len(ids) == 300 == len(set(ids))
 
@@ -288,14 +266,19 @@ def test_removing_a_worker_node_mid_run_loses_and_doubles_nothing(tmp_path):
     with the features an uninterrupted run computes."""
     from ray.cluster_utils import Cluster
 
-    sources.generate_shapes(tmp_path / "d", per_class=60, size=64)
+    generate_shapes(tmp_path / "d", per_class=60, size=64)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     try:
         cluster.wait_for_nodes()
-        args = _job_args(tmp_path / "d", tmp_path / "out", cluster.address,
-                         "featurize.actors=2", "featurize.preprocess={resize_size: 64, "
-                         "crop_size: 64, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}")
+        args = _job_args(
+            tmp_path / "d",
+            tmp_path / "out",
+            cluster.address,
+            "featurize.actors=2",
+            "featurize.preprocess={resize_size: 64, "
+            "crop_size: 64, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}",
+        )
         job = _job(args)
         deadline = time.time() + 150
         while len(list((tmp_path / "out").glob("*/part-*"))) < 3 and time.time() < deadline:
@@ -306,22 +289,26 @@ def test_removing_a_worker_node_mid_run_loses_and_doubles_nothing(tmp_path):
         assert job.returncode == 0, output
     finally:
         cluster.shutdown()
-    fs = FeatureSet.open(str(next((tmp_path / "out").iterdir())))
+    (fs,) = FeatureSet.under(str(tmp_path / "out"))
     table = fs.table()
     assert table.num_rows == 300 == len(set(table.column("id").to_pylist()))
     net = TransferLearning("tiny:resnet").set_feature_extractor("pool").build()
     preprocess = Preprocess(resize_size=64, crop_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    model = PrefixModel(net.to_files(), net.frontier_shapes(), preprocess)
+    net.save(str(tmp_path / "net"))
+    model = PrefixModel(str(tmp_path / "net"), net.frontier_shapes(), preprocess.model_dump())
     order = sorted(range(300), key=lambda i: table.column("id")[i].as_py())
     sources_sorted = [table.column("source")[i].as_py() for i in order]
-    crops = np.stack([preprocess.resize_crop()(read_image(s, 10**8)).numpy()
-                      for s in sources_sorted])
+    crops = np.stack(
+        [resize_crop(preprocess)(read_image(s, 10**8)).numpy() for s in sources_sorted]
+    )
     expected = model({"error": np.array([""] * 300, dtype=object), "image": crops})["pool"]
-    torch.testing.assert_close(fs.tensors()[0]["pool"], torch.from_numpy(expected),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        fs.tensors()[0]["pool"], torch.from_numpy(expected), atol=1e-4, rtol=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------- real data
+
 
 def _fit_probe(x, y, l2: float) -> torch.nn.Linear:
     """A multinomial logistic regression with an L2 penalty, full-batch L-BFGS."""
@@ -333,6 +320,7 @@ def _fit_probe(x, y, l2: float) -> torch.nn.Linear:
         loss = torch.nn.functional.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     return head
 
@@ -344,8 +332,10 @@ def _probe_accuracy(train, val) -> float:
     mean, std = x.mean(0), x.std(0) + 1e-6
     x, vx = (x - mean) / std, (vx - mean) / std
     cut = len(y) * 4 // 5
-    scores = {l2: (_fit_probe(x[:cut], y[:cut], l2)(x[cut:]).argmax(1) == y[cut:]).float().mean()
-              for l2 in (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
+    scores = {
+        l2: (_fit_probe(x[:cut], y[:cut], l2)(x[cut:]).argmax(1) == y[cut:]).float().mean()
+        for l2 in (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    }
     head = _fit_probe(x, y, max(scores, key=scores.get))
     return (head(vx).argmax(1) == vy).float().mean().item()
 
@@ -356,8 +346,10 @@ def _probe_accuracy(train, val) -> float:
 def test_hymenoptera_features_give_a_linear_probe_over_94_percent(hymenoptera_features):
     fs = hymenoptera_features.feature_sets[0]
     accuracy = _probe_accuracy(fs.tensors("train"), fs.tensors("val"))
-    print(f"hymenoptera linear probe: val accuracy {accuracy:.3f}, "
-          f"{hymenoptera_features.errors} errors")
+    print(
+        f"hymenoptera linear probe: val accuracy {accuracy:.3f}, "
+        f"{hymenoptera_features.errors} errors"
+    )
     assert accuracy >= 0.94 and fs.errors().num_rows == 0
 
 

@@ -3,17 +3,23 @@ import torch
 from torch import nn
 
 from pipeline import finetune
+from pipeline.settings import FineTuneConfig
 from pipeline.surgery import TransferLearning
 
 
 @pytest.fixture
 def net():
-    return (TransferLearning("tiny:cnn").set_feature_extractor("features")
-            .add_layer("extra", nn.Linear(10, 2), "fc2").set_outputs("extra").build())
+    return (
+        TransferLearning("tiny:cnn")
+        .set_feature_extractor("features")
+        .add_layer("extra", nn.Linear(10, 2), "fc2")
+        .set_outputs("extra")
+        .build()
+    )
 
 
 def _groups(net, **cfg):
-    return finetune.param_groups(net, finetune.FineTuneConfig(**cfg))
+    return finetune.param_groups(net, FineTuneConfig(**cfg))
 
 
 def test_frozen_parameters_never_enter_the_optimizer(net):
@@ -28,8 +34,11 @@ def test_frozen_parameters_never_enter_the_optimizer(net):
 def test_no_weight_decay_on_norms_and_biases_unless_asked(net):
     decay = {n: g["weight_decay"] for g in _groups(net, weight_decay=0.1) for n in g["names"]}
     assert decay["fc1.weight"] == 0.1 and decay["fc1.bias"] == 0.0
-    decay = {n: g["weight_decay"] for g in _groups(net, weight_decay=0.1, decay_norm_and_bias=True)
-             for n in g["names"]}
+    decay = {
+        n: g["weight_decay"]
+        for g in _groups(net, weight_decay=0.1, decay_norm_and_bias=True)
+        for n in g["names"]
+    }
     assert decay["fc1.bias"] == 0.1
 
 
@@ -45,11 +54,18 @@ def test_unknown_override_names_the_closest(net):
         _groups(net, overrides={"extr": {"lr": 0.5}})
 
 
-@pytest.mark.parametrize("optimizer,cls", [("sgd", torch.optim.SGD), ("nesterov", torch.optim.SGD),
-                                           ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "optimizer,cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("nesterov", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ],
+)
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_optimizers_and_schedules_step(net, optimizer, cls, schedule):
-    cfg = finetune.FineTuneConfig(optimizer=optimizer, schedule=schedule, lr=0.01, grad_clip=1.0)
+    cfg = FineTuneConfig(optimizer=optimizer, schedule=schedule, lr=0.01, grad_clip=1.0)
     opt, sched = finetune.build_optimizer(net, cfg, total_steps=5)
     assert isinstance(opt, cls)
     assert opt.param_groups[0].get("nesterov", False) == (optimizer == "nesterov")
@@ -58,8 +74,11 @@ def test_optimizers_and_schedules_step(net, optimizer, cls, schedule):
         opt.zero_grad()
         net(torch.randn(2, 3, 32, 32)).sum().backward()
         finetune.clip_gradients(opt, cfg)
-        total = torch.norm(torch.stack([p.grad.norm() for g in opt.param_groups
-                                        for p in g["params"] if p.grad is not None]))
+        total = torch.norm(
+            torch.stack(
+                [p.grad.norm() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            )
+        )
         assert total <= 1.0 + 1e-4
         opt.step()
         sched.step()
@@ -69,6 +88,6 @@ def test_optimizers_and_schedules_step(net, optimizer, cls, schedule):
 
 def test_config_is_validated():
     with pytest.raises(ValueError):
-        finetune.FineTuneConfig(optimizer="rmsprop")
+        FineTuneConfig(optimizer="rmsprop")
     with pytest.raises(ValueError):
-        finetune.FineTuneConfig(lr=-1)
+        FineTuneConfig(lr=-1)

@@ -5,17 +5,27 @@ from torch import nn
 from pipeline import layers
 
 
-@pytest.mark.parametrize("layer", [
-    nn.Linear(4, 3, bias=False), nn.Conv2d(3, 8, 3, stride=2, padding=1, groups=1),
-    nn.BatchNorm1d(5, eps=1e-3), nn.LSTM(4, 6, num_layers=2, batch_first=True),
-    nn.GRU(4, 6), nn.RNN(4, 6, nonlinearity="relu"), nn.Dropout(0.3),
-    nn.Sequential(nn.Linear(4, 4), nn.ReLU()), layers.Concat(dim=2), layers.GlobalPool("max"),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Linear(4, 3, bias=False),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, groups=1),
+        nn.BatchNorm1d(5, eps=1e-3),
+        nn.LSTM(4, 6, num_layers=2, batch_first=True),
+        nn.GRU(4, 6),
+        nn.RNN(4, 6, nonlinearity="relu"),
+        nn.Dropout(0.3),
+        nn.Sequential(nn.Linear(4, 4), nn.ReLU()),
+        layers.Concat(dim=2),
+        layers.GlobalPool("max"),
+    ],
+)
 def test_spec_round_trip_rebuilds_the_same_layer(layer):
     rebuilt = layers.layer_from_spec(layers.layer_to_spec(layer))
     assert type(rebuilt) is type(layer) and repr(rebuilt) == repr(layer)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
-        {k: v.shape for k, v in layer.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in layer.state_dict().items()
+    }
 
 
 def test_spec_types_are_an_allow_list():
@@ -60,3 +70,4 @@ def test_vertices():
     assert layers.Concat()(a, b).shape == (2, 6)
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     assert layers.GlobalPool("avg")(x).item() == 7.5 and layers.GlobalPool("max")(x).item() == 15
+    assert layers.layer_from_spec(layers.layer_to_spec(layers.GlobalPool("max"))).mode == "max"

@@ -1,51 +1,58 @@
 """Batch inference on real Ray Data, Parquet on disk, and DL4J's output_from_featurized."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import start_ray
 
+from conftest import TINY, standardized, start_ray
 from pipeline import featureset as fset
 from pipeline import sources
-from pipeline.featurize import read_image
-from pipeline.predict import (
-    PredictConfig,
-    Predictor,
-    output_from_featurized,
-    predict,
-    read_predictions,
-)
-from pipeline.surgery import TransferLearning, load
-from pipeline.zoo import Preprocess
-
-TINY = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+from pipeline.decode import read_image, transform
+from pipeline.loading import load
+from pipeline.predict import Predictor, output_from_featurized, predict, read_predictions
+from pipeline.settings import DataConfig, PredictConfig
+from pipeline.shapes import SHAPES, generate_shapes
+from pipeline.surgery import TransferLearning
 
 
 def _net(seed=5):
     torch.manual_seed(seed)
-    net = (TransferLearning("tiny:cnn", seed=seed).set_feature_extractor("pool")
-           .n_out_replace("fc2", 5).build())
-    net.spec["classes"] = sorted(sources.SHAPES)[:5]
+    net = (
+        TransferLearning("tiny:cnn", seed=seed)
+        .set_feature_extractor("pool")
+        .n_out_replace("fc2", 5)
+        .build()
+    )
+    net.spec["classes"] = sorted(SHAPES)[:5]
     return net
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    sources.generate_shapes(root / "data", per_class=4, size=32)
+    generate_shapes(root / "data", per_class=4, size=32)
     (root / "data" / "circle" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return root, sources.list_items(sources.DataConfig(sources=[str(root / "data")]))
+    return root, sources.list_items(DataConfig(sources=[str(root / "data")]))
 
 
-def test_predictor_is_the_whole_network_on_uint8_images():
+def test_predictor_is_the_whole_network_on_uint8_images(tmp_path):
     net = _net()
+    net.save(str(tmp_path / "net"))
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    batch = {"id": np.array(["a", "b", "c"], object), "error": np.array(["", "", "bad"], object),
-             "image": x.numpy()}
-    out = Predictor(net.to_files(), net.spec["classes"], preprocess=TINY, device="cpu")(batch)
+    batch = {
+        "id": np.array(["a", "b", "c"], object),
+        "error": np.array(["", "", "bad"], object),
+        "image": x.numpy(),
+    }
+    out = Predictor(
+        str(tmp_path / "net"), net.spec["classes"], preprocess=TINY.model_dump(), device="cpu"
+    )(batch)
     net.eval()
-    expected = torch.softmax(net(TINY.normalize()[1](TINY.normalize()[0](x[:2]))), 1)
+    expected = torch.softmax(net(standardized(x[:2], TINY)), 1)
     np.testing.assert_allclose(out[fset.PROBABILITIES][:2], expected.detach().numpy(), atol=1e-5)
     assert out[fset.PREDICTED].tolist()[2] == -1 and out[fset.CLASS][2] == ""
 
@@ -54,7 +61,7 @@ def test_predictor_is_the_whole_network_on_uint8_images():
 def predicted(images, tmp_path_factory, _ray_session):
     start_ray()
     out = str(tmp_path_factory.mktemp("predictions") / "out")
-    assert predict(_net(), images[1], PredictConfig(out=out, batch_size=8), progress=None) == out
+    assert predict(_net(), images[1], PredictConfig(out=out, batch_size=8)) == out
     return out
 
 
@@ -66,37 +73,37 @@ def test_predict_writes_parquet_rows_and_records_bad_images(images, predicted):
     assert errors.column("source").to_pylist()[0].endswith("bad.jpg")
     assert table.num_rows + errors.num_rows == items.table.num_rows
     assert {fset.ID, fset.SOURCE, fset.PREDICTED, fset.CLASS, fset.PROBABILITIES} <= set(
-        table.column_names)
+        table.column_names
+    )
     probabilities = table.column(fset.PROBABILITIES).combine_chunks().to_numpy_ndarray()
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
-    x = torch.stack([TINY.transform()(read_image(s, 10**8))
-                     for s in table.column(fset.SOURCE).to_pylist()])
+    x = torch.stack(
+        [transform(TINY)(read_image(s, 10**8)) for s in table.column(fset.SOURCE).to_pylist()]
+    )
     expected = net(x).argmax(1)
     assert table.column(fset.PREDICTED).to_pylist() == expected.tolist()
     assert table.column(fset.CLASS).to_pylist() == [net.spec["classes"][i] for i in expected]
 
 
 def test_complete_predictions_are_not_recomputed_nor_overwritten_by_another_net(
-        images, predicted, ray_local):
-    from pathlib import Path
-
+    images, predicted, ray_local
+):
     before = sorted(p.stat().st_mtime_ns for p in Path(predicted).iterdir())
-    predict(_net(), images[1], PredictConfig(out=predicted, batch_size=8), progress=None)
+    predict(_net(), images[1], PredictConfig(out=predicted, batch_size=8))
     assert before == sorted(p.stat().st_mtime_ns for p in Path(predicted).iterdir())
     with pytest.raises(FileExistsError, match="another network"):
-        predict(_net(seed=6), images[1], PredictConfig(out=predicted), progress=None)
+        predict(_net(seed=6), images[1], PredictConfig(out=predicted))
 
 
-def test_interrupted_predictions_are_completed_without_duplicates(images, predicted, tmp_path,
-                                                                 ray_local):
-    import shutil
-
+def test_interrupted_predictions_are_completed_without_duplicates(
+    images, predicted, tmp_path, ray_local
+):
     out = tmp_path / "copy"
     shutil.copytree(predicted, out)
     (out / fset.MANIFEST).unlink()
     parts = sorted(out.glob("part-*.parquet"))
     parts[0].unlink()  # as if the run died before this part was written
-    predict(_net(), images[1], PredictConfig(out=str(out), batch_size=8), progress=None)
+    predict(_net(), images[1], PredictConfig(out=str(out), batch_size=8))
     ids = read_predictions(str(out)).column(fset.ID).to_pylist()
     assert len(ids) == len(set(ids)) == images[1].table.num_rows - 1  # bad.jpg is an error
 

@@ -14,78 +14,72 @@ import pytest
 import ray
 import yaml
 
+from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
 from pipeline import sources
-from pipeline.config import TuneJobConfig
+from pipeline.config import TuneJobConfig, load_config
 from pipeline.featureset import FeatureSet
-from pipeline.surgery import TransferLearning, UnknownNodeError, load
-from pipeline.train import evaluate
-from pipeline.tune import SearchSpace, cut_for, run_sweep, trial_plan, used_items
-from tests.conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
+from pipeline.flows import run_sweep
+from pipeline.loading import from_files, load
+from pipeline.metrics import evaluate
+from pipeline.settings import DataConfig, NetworkConfig
+from pipeline.shapes import generate_shapes
+from pipeline.tune import plan_sweep, used_items
 
 
 def _config(tmp: Path, **changes) -> dict:
     data = tmp / "data"
     if not data.exists():
-        sources.generate_shapes(data, per_class=12, size=32)
-    cfg = {"model": {"name": "tiny:cnn"}, "head": "fc2",
-           "data": {"sources": [str(data)], "splits": {"train": 0.6, "val": 0.2, "test": 0.2}},
-           "featurize": {"out": str(tmp / "features"), "batch_size": 32},
-           "space": {"unfreeze": {"grid": [0, 1, 2]}, "lr": {"loguniform": [0.003, 0.03]},
-                     "width": [0, 16], "depth": 1, "epochs": 3, "batch_size": 16},
-           "num_samples": 1, "storage": str(tmp / "tune"), "cpus_per_trial": 0.5,
-           "asha": None}
+        generate_shapes(data, per_class=12, size=32)
+    cfg = {
+        "model": {"name": "tiny:cnn"},
+        "head": "fc2",
+        "data": {"sources": [str(data)], "splits": {"train": 0.6, "val": 0.2, "test": 0.2}},
+        "featurize": {"out": str(tmp / "features"), "batch_size": 32},
+        "space": {
+            "unfreeze": {"grid": [0, 1, 2]},
+            "lr": {"loguniform": [0.003, 0.03]},
+            "width": [0, 16],
+            "depth": 1,
+            "epochs": 3,
+            "batch_size": 16,
+        },
+        "num_samples": 1,
+        "storage": str(tmp / "tune"),
+        "cpus_per_trial": 0.5,
+        "asha": None,
+    }
     cfg.update(changes)
     return cfg
 
 
 # ---------------------------------------------------------------------------- no Ray
 
-def test_blocks_are_the_natural_boundaries():
-    mobilenet = TransferLearning("torchvision:mobilenet_v2").build()
-    assert mobilenet.blocks() == [f"features.{i}" for i in range(19)]
-    resnet = TransferLearning("torchvision:resnet18").build()
-    assert resnet.blocks()[-4:] == ["layer1", "layer2", "layer3", "layer4"]
 
-
-def test_unfreeze_depths_become_cuts():
-    net = TransferLearning("torchvision:mobilenet_v2").build()
-    assert cut_for(net, 0, "classifier.1") == ["classifier.0"]      # only the head trains
-    assert cut_for(net, "top:2", "classifier.1") == ["features.16"]
-    assert cut_for(net, 3, "classifier.1") == ["features.15"]
-    assert cut_for(net, "features.10", "classifier.1") == ["features.10"]
-    assert cut_for(net, "all", "classifier.1") == []
-    with pytest.raises(ValueError, match="19 blocks"):
-        cut_for(net, 19, "classifier.1")
-    with pytest.raises(UnknownNodeError, match="Valid names"):
-        cut_for(net, "features.99", "classifier.1")
-
-
-def test_search_space_is_validated():
-    space = SearchSpace(lr={"loguniform": [1e-4, 1e-2]}, unfreeze=[0, "top:2"], width=[0, 64])
-    assert space.choices("unfreeze") == [0, "top:2"]
-    with pytest.raises(ValueError, match="loguniform"):
-        SearchSpace(lr={"logunifrom": [1e-4, 1e-2]})
-    with pytest.raises(ValueError, match="low, high"):
-        SearchSpace(lr={"uniform": [1e-4]})
-    with pytest.raises(ValueError, match="nothing to choose"):
-        SearchSpace(width=[])
-
-
-def test_scratch_row_of_the_packaged_default_starts_from_random_weights(tmp_path):
+def test_compare_plan_builds_scratch_from_random_weights_and_the_rest_pretrained(tmp_path):
     # "default" means the packaged *pretrained* network; the scratch row must not load it
-    cfg = TuneJobConfig(preset="compare", model={"name": "default", "image_size": 64},
-                        head="_fc", data={"sources": [str(tmp_path)]})
-    cuts = {"all": [], "0": ["_dropout"], "2": ["_blocks.15"]}
-    scratch = trial_plan(cfg, {"row": "scratch"}, cuts).job.model
-    frozen = trial_plan(cfg, {"row": "frozen"}, cuts).job.model
-    assert (scratch.name, scratch.weights, scratch.image_size) == ("efficientnet_lite0", None, 64)
-    assert frozen.name == "default"
+    generate_shapes(tmp_path / "d", per_class=2, size=16)
+    items = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
+    cfg = TuneJobConfig(
+        preset="compare",
+        model={"name": "default", "image_size": 64},
+        head="_fc",
+        data={"sources": [str(tmp_path / "d")]},
+    )
+    plan = plan_sweep(cfg.sweep(), NetworkConfig(model=cfg.model, head="_fc"), items, "unused")
+    assert plan.cuts == {"all": [], "0": ["_dropout"], "2": ["_blocks.15"]}
+    nets = {key: from_files(files) for key, files in plan.networks.items()}
+    assert nets["all"].spec["base"]["model"] == "efficientnet_lite0"
+    assert nets["all"].spec["weights_sha256"] is None and not nets["all"].frozen
+    assert nets["0"].spec["weights_sha256"] == nets["2"].spec["weights_sha256"] is not None
+    assert nets["2"].spec["input_shape"] == [3, 64, 64]
+    assert all(n.get_submodule("_fc").out_features == 5 for n in nets.values())
 
 
 def test_used_items_keeps_the_data_fingerprint_when_every_row_is_used(tmp_path):
-    sources.generate_shapes(tmp_path, per_class=4, size=16)
-    items = sources.list_items(sources.DataConfig(
-        sources=[str(tmp_path)], splits={"train": 0.5, "val": 0.3, "rest": 0.2}))
+    generate_shapes(tmp_path, per_class=4, size=16)
+    items = sources.list_items(
+        DataConfig(sources=[str(tmp_path)], splits={"train": 0.5, "val": 0.3, "rest": 0.2})
+    )
     # the same rows: the fingerprint (and so every feature set keyed on it) is the train job's
     assert used_items(items, ["train", "val", "rest"]).fingerprint == items.fingerprint
     fewer = used_items(items, ["train", "val"])
@@ -95,10 +89,11 @@ def test_used_items_keeps_the_data_fingerprint_when_every_row_is_used(tmp_path):
 
 # ---------------------------------------------------------------------------- sweeps
 
+
 @pytest.fixture(scope="module")
 def sweep(_ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    return tmp, run_sweep(TuneJobConfig.model_validate(_config(tmp)), progress=None)
+    return tmp, run_sweep(TuneJobConfig.model_validate(_config(tmp)))
 
 
 def test_sweep_writes_table_plots_report_and_best_network(sweep):
@@ -106,8 +101,9 @@ def test_sweep_writes_table_plots_report_and_best_network(sweep):
     table = pd.read_csv(f"{result.path}/results.csv")
     assert len(table) == 3 and set(table["unfreeze"].astype(str)) == {"0", "1", "2"}
     assert (table["status"] == "ok").all() and (table["epochs_run"] == 3).all()
-    assert pd.read_parquet(f"{result.path}/results.parquet")["best"].tolist() == \
-        table["best"].tolist()
+    assert (
+        pd.read_parquet(f"{result.path}/results.parquet")["best"].tolist() == table["best"].tolist()
+    )
     for name in ("by_unfreeze.png", "by_lr.png", "report.html"):
         assert os.path.getsize(f"{result.path}/{name}") > 1000
     assert result.best["trial"] in Path(result.report).read_text()
@@ -115,16 +111,16 @@ def test_sweep_writes_table_plots_report_and_best_network(sweep):
     # feature set is the best trial's reported best val accuracy
     net = load(result.best_model)
     assert net.spec["classes"] == sorted(os.listdir(tmp / "data"))
-    features = [FeatureSet.open(str(p)) for p in (tmp / "features").iterdir()]
+    features = FeatureSet.under(str(tmp / "features"))
     mine = next(fs for fs in features if list(fs.shapes) == net.frontier())
     assert evaluate(net, mine, "val").accuracy == pytest.approx(result.best["best"])
 
 
 def test_every_cut_is_featurized_once_before_the_trials(sweep):
     tmp, result = sweep
-    sets = sorted((tmp / "features").iterdir())
+    sets = FeatureSet.under(str(tmp / "features"))
     assert len(sets) == 3  # one per unfreeze depth, all written by one pass
-    frontiers = {tuple(FeatureSet.open(str(p)).shapes) for p in sets}
+    frontiers = {tuple(fs.shapes) for fs in sets}
     assert len(frontiers) == 3
     # each trial read the feature set of its own cut
     for row in result.table:
@@ -135,7 +131,7 @@ def test_every_cut_is_featurized_once_before_the_trials(sweep):
 def test_rerunning_a_finished_sweep_runs_nothing(sweep):
     tmp, result = sweep
     progress = {p: p.read_bytes() for p in Path(result.path).glob("*/progress.csv")}
-    again = run_sweep(TuneJobConfig.model_validate(_config(tmp)), progress=None)
+    again = run_sweep(TuneJobConfig.model_validate(_config(tmp)))
     assert again.path == result.path and again.best["trial"] == result.best["trial"]
     assert {p: p.read_bytes() for p in Path(result.path).glob("*/progress.csv")} == progress
 
@@ -145,17 +141,35 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep):
 def test_killed_driver_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
     # short and long trials (grid over epochs): whichever finishes first, a long one is still
     # to run or running when the driver is killed
-    cfg = _config(tmp_path, name="killed", max_concurrent_trials=1,
-                  space={"unfreeze": {"grid": [0, 1, 2]}, "lr": [0.01],
-                         "epochs": {"grid": [3, 150]}, "batch_size": 16})
+    cfg = _config(
+        tmp_path,
+        name="killed",
+        max_concurrent_trials=1,
+        space={
+            "unfreeze": {"grid": [0, 1, 2]},
+            "lr": [0.01],
+            "epochs": {"grid": [3, 150]},
+            "batch_size": 16,
+        },
+    )
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(cfg))
     # Tune snapshots its state every second here (default: adaptive, ~10 s), so the test sees
     # a finished trial while the next one still runs
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
-               PYTHONPATH=str(REPO), TUNE_GLOBAL_CHECKPOINT_S="1")
+    env = dict(
+        os.environ,
+        RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+        PYTHONPATH=str(REPO),
+        TUNE_GLOBAL_CHECKPOINT_S="1",
+    )
     command = [sys.executable, "-m", "jobs.tune", "--config", str(tmp_path / "tune.yaml")]
-    driver = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = tmp_path / "tune" / "killed"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
@@ -169,8 +183,15 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_local, tmp_
     finished = _terminated(run)
     assert 1 <= len(finished) < 6
     before = {t: (run / t / "progress.csv").read_bytes() for t in finished}
-    subprocess.run(command, cwd=REPO, env=env, check=True, timeout=400,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command,
+        cwd=REPO,
+        env=env,
+        check=True,
+        timeout=400,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     table = pd.read_csv(run / "results.csv")
     assert len(table) == 6 and (table["status"] == "ok").all()
     assert (table["epochs_run"] == table["epochs"]).all()
@@ -187,22 +208,25 @@ def _terminated(run: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_trial_asking_for_two_workers_runs_a_torch_trainer(ray_local, tmp_path):
-    cfg = _config(tmp_path, space={"unfreeze": [1], "lr": [0.01], "epochs": 2, "batch_size": 8},
-                  train={"workers": 2, "cpus_per_worker": 0.5})
-    result = run_sweep(TuneJobConfig.model_validate(cfg), progress=None)
+    cfg = _config(
+        tmp_path,
+        space={"unfreeze": [1], "lr": [0.01], "epochs": 2, "batch_size": 8},
+        train={"workers": 2, "cpus_per_worker": 0.5},
+    )
+    result = run_sweep(TuneJobConfig.model_validate(cfg))
     (row,) = result.table
     assert row["status"] == "ok" and row["epochs_run"] == 2
     # the checkpoint came from the TorchTrainer's rank 0, through TuneReportCallback
     assert f"/{row['trial']}/train/" in row["checkpoint"]
     net = load(result.best_model)
-    features = next(FeatureSet.open(str(p)) for p in (tmp_path / "features").iterdir())
+    (features,) = FeatureSet.under(str(tmp_path / "features"))
     assert evaluate(net, features, "val").accuracy == pytest.approx(row["best"])
 
 
 @pytest.mark.timeout(600)
 def test_compare_preset_writes_the_three_row_table(ray_local, tmp_path):
     cfg = _config(tmp_path, preset="compare", compare={"epochs": 2, "batch_size": 16})
-    result = run_sweep(TuneJobConfig.model_validate(cfg), progress=None)
+    result = run_sweep(TuneJobConfig.model_validate(cfg))
     rows = {r["row"]: r for r in result.compare}
     assert list(rows) == ["scratch", "frozen", "fine-tuned"]
     assert [rows[r]["unfreeze"] for r in rows] == ["all", "0", "2"]
@@ -221,11 +245,16 @@ def test_compare_preset_writes_the_three_row_table(ray_local, tmp_path):
 def test_flowers_compare_preset_pretrained_rows_beat_scratch(ray_local, tmp_path):
     """The compare preset through its job config: frozen and fine-tuned beat scratch by 15
     points of val accuracy, and fine-tuned beats frozen."""
-    from pipeline.config import load_config
-
-    cfg = load_config(TuneJobConfig, str(REPO / "jobs/configs/tune_flowers_compare.yaml"), [
-        f"model.weights={MOBILENET_WEIGHTS}", f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
-        f"featurize.out={tmp_path / 'features'}", f"storage={tmp_path / 'tune'}"])
+    cfg = load_config(
+        TuneJobConfig,
+        str(REPO / "jobs/configs/tune_flowers_compare.yaml"),
+        [
+            f"model.weights={MOBILENET_WEIGHTS}",
+            f"data.sources=[{SHARED / 'data' / 'flowers128'}]",
+            f"featurize.out={tmp_path / 'features'}",
+            f"storage={tmp_path / 'tune'}",
+        ],
+    )
     result = run_sweep(cfg)
     val = {r["row"]: r["val_accuracy"] for r in result.compare}
     assert val["frozen"] >= val["scratch"] + 0.15

@@ -8,16 +8,20 @@ from safetensors.torch import save_file
 
 from conftest import MOBILENET_WEIGHTS, SHARED, needs_shared
 from pipeline import zoo
+from pipeline.decode import transform
 from pipeline.surgery import TransferLearning
 
 
-@pytest.mark.parametrize("name,shape", [("tiny:cnn", (3, 32, 32)), ("tiny:resnet", (3, 32, 32)),
-                                        ("tiny:lstm", (8, 4))])
+@pytest.mark.parametrize(
+    "name,shape", [("tiny:cnn", (3, 32, 32)), ("tiny:resnet", (3, 32, 32)), ("tiny:lstm", (8, 4))]
+)
 def test_tiny_networks_are_seeded_and_run(name, shape):
     a, b = zoo.load_model(name), zoo.load_model(name)
     assert a.input_shape == shape
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
-                                                   b.model.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values())
+    )
     assert a.model(torch.zeros(2, *shape)).shape[0] == 2
 
 
@@ -91,16 +95,17 @@ def test_packaged_default_has_real_weights_offline():
 
 
 def _classify(zm, paths: list[Path]) -> list[int]:
-    transform = zm.preprocess.transform()
-    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    plain = transform(zm.preprocess)
+    batch = torch.stack([plain(Image.open(p).convert("RGB")) for p in paths])
     with torch.inference_mode():
         return zm.model.eval()(batch).argmax(1).tolist()
 
 
 @pytest.mark.shared
 @needs_shared(MOBILENET_WEIGHTS, SHARED / "data" / "hymenoptera")
-@pytest.mark.parametrize("name,weights", [("torchvision:mobilenet_v2", str(MOBILENET_WEIGHTS)),
-                                          ("default", None)])
+@pytest.mark.parametrize(
+    "name,weights", [("torchvision:mobilenet_v2", str(MOBILENET_WEIGHTS)), ("default", None)]
+)
 def test_pretrained_weights_know_ants_from_bees(name, weights):
     zm = zoo.load_model(name, weights=weights)
     val = SHARED / "data" / "hymenoptera" / "val"

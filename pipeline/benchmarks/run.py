@@ -1,0 +1,104 @@
+"""The benchmark job: which claim to measure, on what, and the call that measures it.
+
+Example:
+
+    >>> from pipeline.benchmarks.run import BenchmarkConfig
+    >>> cfg = BenchmarkConfig(what="fit", model="tiny:cnn", cut="pool", head="fc2")
+    >>> cfg.image_count(), cfg.model_weights()
+    (512, None)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.benchmarks import featurize, fit, sweep
+from pipeline.settings import Settings
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+DEFAULT_IMAGES = {"featurize": 10**9, "featurize-memory": 250, "fit": 512, "sweep": 512}
+
+
+class BenchmarkConfig(Settings):
+    """``python -m jobs.benchmark WHAT``: one measured claim, with its plain PyTorch baseline
+    measured in the same run."""
+
+    what: Literal["featurize", "featurize-memory", "fit", "sweep"]
+    data: Path | None = Field(
+        SHARED / "data" / "flowers128",
+        description="folder per class (default ../shared/data/flowers128; generated when absent)",
+    )
+    model: str = "torchvision:mobilenet_v2"
+    weights: str | None = Field(
+        None,
+        description="default: ../shared mobilenet_v2 weights when "
+        "present (timing does not depend on the values)",
+    )
+    cut: str = "flatten"
+    head: str = Field("classifier.1", description="fit, sweep: the layer resized")
+    epochs: int = Field(5, gt=0, description="fit, sweep: epochs (per trial)")
+    trials: int = Field(8, gt=0, description="sweep: trials")
+    images: int | None = Field(
+        None, gt=0, description="default: all (featurize), 250 (featurize-memory), 512 (fit, sweep)"
+    )
+    batch_size: int = Field(64, gt=0)
+    workers: int = Field(2, ge=0, description="the baseline's DataLoader workers")
+    actors: int = Field(1, gt=0)
+    factor: int = Field(8, gt=1, description="featurize-memory: the larger run's multiple")
+    size: int = Field(64, ge=16, description="featurize-memory: generated image size")
+    out: str = Field("runs/benchmark", description="where the log goes")
+    ray_address: str | None = Field(
+        "local",
+        description="default: a new local Ray, so start-up is measured as a user waits for it",
+    )
+
+    def image_count(self) -> int:
+        return self.images or DEFAULT_IMAGES[self.what]
+
+    def model_weights(self) -> str | None:
+        if self.weights or self.model != "torchvision:mobilenet_v2" or not MOBILENET.exists():
+            return self.weights
+        return str(MOBILENET)
+
+    def output_root(self) -> str:
+        return self.out
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Measure ``cfg.what``; returns its figures (they are logged as they are measured)."""
+    weights, images = cfg.model_weights(), cfg.image_count()
+    if cfg.what == "featurize":
+        return featurize.featurize_benchmark(
+            cfg.data, cfg.model, weights, cfg.cut, images, cfg.batch_size, cfg.workers, cfg.actors
+        )
+    if cfg.what == "featurize-memory":
+        return featurize.featurize_memory_benchmark(
+            cfg.model, weights, cfg.cut, images, cfg.factor, cfg.size, cfg.batch_size
+        )
+    if cfg.what == "fit":
+        return fit.fit_benchmark(
+            cfg.data,
+            cfg.model,
+            weights,
+            cfg.cut,
+            cfg.head,
+            images,
+            cfg.batch_size,
+            cfg.workers,
+            cfg.epochs,
+        )
+    return sweep.sweep_benchmark(
+        cfg.data,
+        cfg.model,
+        weights,
+        cfg.head,
+        images,
+        cfg.trials,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.workers,
+    )

@@ -1,0 +1,67 @@
+"""The example configs parse and validate; overrides, defaults and the generated reference."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from jobs.reference import spliced
+from pipeline.config import (
+    DemoConfig,
+    FeaturizeJobConfig,
+    PredictJobConfig,
+    TrainJobConfig,
+    TuneJobConfig,
+    load_config,
+    reference,
+)
+
+CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
+KINDS = {
+    "featurize": FeaturizeJobConfig,
+    "demo": DemoConfig,
+    "train": TrainJobConfig,
+    "predict": PredictJobConfig,
+    "tune": TuneJobConfig,
+}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_validate(path: Path):
+    kind = KINDS[path.stem.split("_")[0]]
+    cfg = load_config(kind, str(path), [])
+    assert isinstance(cfg, kind)
+
+
+def test_overrides_reach_nested_fields_and_typos_are_refused():
+    cfg = load_config(
+        FeaturizeJobConfig,
+        str(REPO / "jobs/configs/featurize_flowers.yaml"),
+        ["featurize.dtype=float32", "cuts=[flatten]"],
+    )
+    assert cfg.featurize.dtype == "float32" and cfg.cuts == ["flatten"]
+    with pytest.raises(ValueError, match="dtyp"):
+        load_config(
+            FeaturizeJobConfig,
+            str(REPO / "jobs/configs/featurize_flowers.yaml"),
+            ["featurize.dtyp=float32"],
+        )
+
+
+def test_partial_sections_keep_their_configured_defaults():
+    cfg = load_config(DemoConfig, None, ["train.fine_tune.lr=0.5", "space.lr=0.01"])
+    assert cfg.train.fine_tune.lr == 0.5 and cfg.train.fine_tune.optimizer == "adamw"
+    assert cfg.train.patience == DemoConfig().train.patience
+    assert cfg.space.lr == 0.01 and cfg.space.unfreeze == DemoConfig().space.unfreeze
+    tune = load_config(
+        TuneJobConfig, str(REPO / "jobs/configs/tune_tiny.yaml"), ["compare.frozen.lr=0.5"]
+    )
+    assert tune.compare.frozen.lr == 0.5 and tune.compare.frozen.weight_decay == 0.01
+    assert tune.compare.epochs == 5  # from the YAML file
+
+
+def test_readme_config_reference_is_generated_and_current():
+    text = (REPO / "README.md").read_text()
+    assert spliced(text, reference()) == text, "run: python -m jobs.reference --write README.md"
+    for name in ("DemoConfig", "TuneJobConfig", "SearchSpace", "FineTuneConfig", "Preprocess"):
+        assert f"### {name}\n" in text

@@ -1,0 +1,51 @@
+"""A worker's shard: every world-th row of a split, seeded epoch orders of equal length."""
+
+import numpy as np
+import torch
+
+from pipeline import featureset as fset
+from pipeline.shards import FeatureData, epoch_order, in_order
+
+SHAPES = {"pool": (3,)}
+
+
+def _feature_set(directory, n=20):
+    ids = [f"{i:04d}" for i in range(n)]
+    meta = {
+        fset.ID: ids,
+        fset.SOURCE: [f"/data/{i}.png" for i in ids],
+        fset.LABEL: np.arange(n) % 2,
+        fset.SPLIT: ["train"] * n,
+        fset.VIEW: [0] * n,
+    }
+    features = {"pool": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}
+    table = fset.to_table(meta, features, fset.feature_schema(SHAPES, "float32"))
+    fs, root = fset.fsspec.core.url_to_fs(str(directory))
+    fs.makedirs(root, exist_ok=True)
+    for part in (table.slice(0, 7), table.slice(7)):
+        fset.write_atomic(fs, f"{root}/{fset.part_name(fset.row_keys(part))}", part)
+    return fset.finalize(
+        str(directory),
+        {"classes": ["a", "b"], "frontier": SHAPES, "dtype": "float32"},
+        {i: 1 for i in ids},
+    )
+
+
+def test_epoch_order_is_seeded_and_gives_every_rank_the_same_number_of_steps():
+    a = epoch_order(10, 13, 4, seed=1, epoch=2)
+    assert [len(b) for b in a] == [4, 4, 4, 1]
+    assert all(torch.equal(x, y) for x, y in zip(a, epoch_order(10, 13, 4, seed=1, epoch=2)))
+    assert not torch.equal(a[0], epoch_order(10, 13, 4, seed=1, epoch=3)[0])
+    assert sorted(torch.cat(a)[:10].tolist()) == list(range(10))  # a permutation, then padding
+    assert [b.tolist() for b in in_order(5, 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_feature_set_shards_partition_the_split(tmp_path):
+    fs = _feature_set(tmp_path / "set")
+    whole = FeatureData.read(fs, "train")
+    parts = [FeatureData.read(fs, "train", shard=(rank, 3)) for rank in range(3)]
+    assert sum(len(p) for p in parts) == len(whole) == 20
+    torch.testing.assert_close(parts[1].features["pool"], whole.features["pool"][1::3])
+    assert torch.equal(parts[2].labels, whole.labels[2::3])
+    ((inputs, labels),) = whole.batches([torch.tensor([4, 0])], epoch=1, device="cpu")
+    torch.testing.assert_close(inputs[0], torch.tensor([[12.0, 13, 14], [0, 1, 2]]))
