@@ -9,20 +9,20 @@ python -m jobs.benchmark sweep [--images N] [trials=8] [epochs=5]
 import sys
 
 from jobs._cli import parse, run
-from pipeline.benchmarks.run import BenchmarkConfig, run_benchmark
+from pipeline.benchmarks.run import BenchmarkConfig
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     what, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("", argv)
-    cfg, verbose = parse(
+    cfg, opts = parse(
         __doc__,
         BenchmarkConfig,
         "images=512",
         [f"what={what}", *rest],
-        flags=("images", "data", "model"),
+        flags=("images", "data", "model", "device"),
     )
-    run("benchmark", cfg, run_benchmark, verbose)
+    run("benchmark", cfg, "pipeline.benchmarks.run:run_benchmark", opts, ray_=cfg.needs_ray())
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ frozen vs fine-tuned, write one report (a few minutes on 2 CPUs).
 
 from jobs._cli import parse, run
 from pipeline.config import DemoConfig
-from pipeline.demo import run_demo
 
 
 def main(argv=None) -> None:
-    cfg, verbose = parse(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv, flags=("data",))
-    run("demo", cfg, run_demo, verbose)
+    cfg, opts = parse(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv, flags=("data",))
+    run("demo", cfg, "pipeline.demo:run_demo", opts)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ ray job submit --working-dir . -- python -m jobs.featurize --config FILE [key=va
 
 from jobs._cli import parse, run
 from pipeline.config import FeaturizeJobConfig
-from pipeline.flows import run_featurize
 
 
 def main(argv=None) -> None:
-    cfg, verbose = parse(__doc__, FeaturizeJobConfig, "featurize.dtype=float32", argv)
-    run("featurize", cfg, run_featurize, verbose)
+    cfg, opts = parse(__doc__, FeaturizeJobConfig, "featurize.dtype=float32", argv)
+    run("featurize", cfg, "pipeline.flows:run_featurize", opts)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ ray job submit --working-dir . -- python -m jobs.predict --config FILE [key=valu
 
 from jobs._cli import parse, run
 from pipeline.config import PredictJobConfig
-from pipeline.flows import run_predict
 
 
 def main(argv=None) -> None:
-    cfg, verbose = parse(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
-    run("predict", cfg, run_predict, verbose)
+    cfg, opts = parse(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
+    run("predict", cfg, "pipeline.flows:run_predict", opts)
 
 
 if __name__ == "__main__":

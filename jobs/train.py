@@ -6,12 +6,11 @@ ray job submit --working-dir . -- python -m jobs.train --config FILE [key=value 
 
 from jobs._cli import parse, run
 from pipeline.config import TrainJobConfig
-from pipeline.flows import run_train
 
 
 def main(argv=None) -> None:
-    cfg, verbose = parse(__doc__, TrainJobConfig, "train.epochs=5", argv)
-    run("train", cfg, run_train, verbose)
+    cfg, opts = parse(__doc__, TrainJobConfig, "train.epochs=5", argv)
+    run("train", cfg, "pipeline.flows:run_train", opts)
 
 
 if __name__ == "__main__":

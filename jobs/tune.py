@@ -9,12 +9,11 @@ Re-running the same sweep (same name, or same settings and data) resumes it.
 
 from jobs._cli import parse, run
 from pipeline.config import TuneJobConfig
-from pipeline.flows import run_sweep
 
 
 def main(argv=None) -> None:
-    cfg, verbose = parse(__doc__, TuneJobConfig, "space.lr=0.001", argv, flags=("preset",))
-    run("tune", cfg, run_sweep, verbose)
+    cfg, opts = parse(__doc__, TuneJobConfig, "space.lr=0.001", argv, flags=("preset",))
+    run("tune", cfg, "pipeline.flows:run_sweep", opts)
 
 
 if __name__ == "__main__":

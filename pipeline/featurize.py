@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 
 import fsspec
-import numpy as np
 import pyarrow
 import pyarrow as pa
 import ray
@@ -35,84 +34,17 @@ import torch
 import torchvision
 
 from pipeline import featureset as fset
-from pipeline.decode import ERROR, IMAGE
-from pipeline.engine import TorchEngine
-from pipeline.featureset import ID, LABEL, SOURCE, SPLIT, VIEW, FeatureSet
+from pipeline.actors import PrefixModel
+from pipeline.decode import DECODER, GPU_DECODER
+from pipeline.featureset import ID, SPLIT, FeatureSet
 from pipeline.graph import SurgeryError, TransferNet
-from pipeline.loading import load
 from pipeline.settings import FeaturizeConfig, Preprocess
 from pipeline.sources import Items
-from pipeline.stages import (
-    Pass,
-    actor_threads,
-    counts,
-    device_of,
-    run_pass,
-    stage_network,
-    write_errors,
-)
+from pipeline.stages import Pass, PassStats, prepare_engine, run_pass
 from pipeline.surgery import TransferLearning
+from pipeline.writers import write_features
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------- the model actor
-
-
-class PrefixModel:
-    """The frozen prefix in an actor: loaded once from a saved network (safetensors, no
-    pickle), then uint8 images -> frontier tensors per batch."""
-
-    def __init__(
-        self,
-        network: str,
-        shapes: dict[str, tuple[int, ...]],
-        preprocess: dict,
-        dtype: str = "float32",
-        device: str | None = None,
-        threads: int | None = None,
-        channels_last: bool = True,
-    ):
-        self.shapes, self.dtype = {k: tuple(v) for k, v in shapes.items()}, np.dtype(dtype)
-        self.engine = TorchEngine(
-            load(network).prefix(list(self.shapes)), preprocess, device, threads, channels_last
-        )
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch.pop(IMAGE)
-        ok = batch[ERROR] == ""
-        out = {name: np.zeros((len(ok), *shape), self.dtype) for name, shape in self.shapes.items()}
-        if ok.any():
-            for name, value in self.engine(torch.from_numpy(images[ok])).items():
-                out[name][ok] = value.float().cpu().numpy()
-        batch.update(out)
-        return batch
-
-
-# ---------------------------------------------------------------------------- the writer
-
-
-def write_batch(
-    batch: dict[str, np.ndarray], *, targets: list[tuple[str, dict]], dtype: str
-) -> dict[str, np.ndarray]:
-    """Write one part per feature set (named by its rows, atomically) and the batch's rejected
-    items to each set's ``_errors/``; return counts for the driver's progress line."""
-    ok = batch[ERROR] == ""
-    meta = {k: batch[k] for k in (ID, SOURCE, LABEL, SPLIT, VIEW)}
-    for uri, shapes in targets:
-        fs, root = fsspec.core.url_to_fs(uri)
-        if ok.any():
-            table = fset.to_table(
-                {k: v[ok] for k, v in meta.items()},
-                {name: batch[name][ok] for name in shapes},
-                fset.feature_schema(shapes, dtype),
-            )
-            fset.write_atomic(fs, f"{root}/{fset.part_name(fset.row_keys(table))}", table)
-        write_errors(uri, batch)
-    return counts(batch)
-
-
-# ---------------------------------------------------------------------------- the driver
 
 
 @dataclass
@@ -136,6 +68,8 @@ class FeaturizeResult:
     errors: int = 0
     seconds: float = 0.0
     cached: list[str] = field(default_factory=list)
+    engine: str = ""  # what ran the prefix: onnxruntime or torch (none when all was cached)
+    steady_images_per_s: float = 0.0  # after the first batch: the pass's start-up excluded
 
     @property
     def images_per_s(self) -> float:
@@ -145,9 +79,10 @@ class FeaturizeResult:
         uris = ", ".join(fs.uri for fs in self.feature_sets)
         if self.images == 0 and len(self.cached) == len(self.feature_sets):
             return f"featurize: cache hit, nothing computed -> {uris}"
+        steady = f"{self.steady_images_per_s:.1f} steady, " if self.steady_images_per_s else ""
         return (
             f"featurize: {self.images} images, {self.errors} errors, "
-            f"{self.images_per_s:.1f} images/s -> {uris}"
+            f"{self.images_per_s:.1f} images/s ({steady}{self.engine}) -> {uris}"
         )
 
 
@@ -180,6 +115,7 @@ def plan(
             "prefix_sha256": variant.prefix_sha256(),
             "frontier": {k: list(v) for k, v in variant.frontier_shapes().items()},
             "preprocess": preprocess.model_dump(),
+            "decoder": GPU_DECODER if cfg.gpu_decode else DECODER,
             "dtype": cfg.dtype,
             "views": cfg.views,
             "augment": cfg.augment.model_dump() if cfg.views else None,
@@ -215,10 +151,14 @@ def featurize(
         remaining = _remaining(items, pending, expected)
         start = time.perf_counter()
         if remaining.num_rows:
-            result.images, result.errors = _run(net, pending, remaining, cfg)
+            stats, result.engine = _run(net, pending, remaining, cfg)
+            result.images, result.errors = stats.images, stats.errors
+            result.steady_images_per_s = stats.steady_images_per_s
         result.seconds = time.perf_counter() - start
         for t in pending:
-            done[t.uri] = fset.finalize(t.uri, _manifest(t, items, cfg, net), expected)
+            done[t.uri] = fset.finalize(
+                t.uri, _manifest(t, items, cfg, net, result.engine), expected
+            )
     result.feature_sets = [done[t.uri] for t in targets]
     log.info(result.summary())
     return result
@@ -300,7 +240,7 @@ def _remaining(items: Items, pending: list[Target], expected: dict[str, int]) ->
 
 def _run(
     net: TransferNet, pending: list[Target], remaining: pa.Table, cfg: FeaturizeConfig
-) -> tuple[int, int]:
+) -> tuple[PassStats, str]:
     union = (
         (TransferLearning(net).set_feature_extractor(*{c for t in pending for c in t.cut}).build())
         if any(t.net is not net for t in pending)
@@ -311,34 +251,38 @@ def _run(
         fs, root = fsspec.core.url_to_fs(t.uri)
         fs.makedirs(root, exist_ok=True)
     preprocess = preprocess_of(net, cfg)
-    return run_pass(
+    base = (net.spec.get("base") or {}).get("model", "the network")
+    engine = prepare_engine(
+        union,
+        list(shapes),
+        preprocess,
+        cfg,
+        what=f"the frozen prefix of {base} (up to {', '.join(shapes)})",
+    )
+    stats = run_pass(
         remaining,
         cfg,
         Pass(
             "featurize",
             preprocess,
             PrefixModel,
-            dict(
-                network=stage_network(union, cfg.out),
-                shapes=shapes,
-                preprocess=preprocess.model_dump(),
-                dtype=cfg.dtype,
-                device=device_of(cfg),
-                threads=actor_threads(cfg),
-                channels_last=cfg.channels_last,
-            ),
-            write_batch,
+            dict(engine=engine, shapes=shapes, dtype=cfg.dtype),
+            write_features,
             dict(targets=[(t.uri, t.shapes) for t in pending], dtype=cfg.dtype),
             views=cfg.views,
             augment=cfg.augment,
         ),
     )
+    return stats, engine.kind
 
 
-def _manifest(t: Target, items: Items, cfg: FeaturizeConfig, net: TransferNet) -> dict:
+def _manifest(t: Target, items: Items, cfg: FeaturizeConfig, net: TransferNet, engine: str) -> dict:
+    # the engine is recorded, not fingerprinted: onnxruntime and torch agree to ~1e-5, below
+    # float16 storage rounding, so a set made by either serves both
     return dict(
         t.identity,
         uri=t.uri,
+        engine=engine,
         classes=items.classes,
         weights=net.spec.get("weights"),
         config=cfg.model_dump(mode="json"),

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from pipeline.config import FeaturizeJobConfig, PredictJobConfig, TrainJobConfig, TuneJobConfig
 from pipeline.featurize import FeaturizeResult, featurize
@@ -29,9 +30,10 @@ from pipeline.predict import accuracy, predict, read_predictions
 from pipeline.settings import NetworkConfig
 from pipeline.sources import Items, list_items
 from pipeline.surgery import TransferLearning
-from pipeline.sweep_results import SweepResult, sweep_outputs
-from pipeline.train import FitResult, absolute_uri, fit, fit_featurized
-from pipeline.tune import plan_sweep, run_trials, used_items
+
+if TYPE_CHECKING:
+    from pipeline.sweep_results import SweepResult
+    from pipeline.train import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ def run_featurize(cfg: FeaturizeJobConfig) -> FeaturizeResult:
 def run_train(cfg: TrainJobConfig) -> FitResult:
     """``jobs.train``: build the net (frozen through ``cfg.cut``, head resized to the classes),
     featurize unless the feature set is cached (``mode: features``), fit, report, export."""
+    # Ray Train and Tune load with the flows that use them (~1 s, ~35 MiB a featurize job skips)
+    from pipeline.train import fit, fit_featurized
+
     items = list_items(cfg.data)
     net = build_network(cfg.network(), items.classes, cfg.train.fine_tune)
     if cfg.mode == "end_to_end":
@@ -74,13 +79,20 @@ def run_sweep(cfg: TuneJobConfig) -> SweepResult:
     """``jobs.tune``: featurize every cut once, run the trials on Ray Tune (resuming an
     interrupted sweep of the same name), then write the table, the plots, the best network and
     the report."""
+    from pipeline.sweep_results import sweep_outputs
+    from pipeline.train import absolute_uri, check_rows
+    from pipeline.tune import plan_sweep, run_trials, used_items
+
     start = time.perf_counter()
     items = used_items(
         list_items(cfg.data), [cfg.train.train_split, cfg.train.val_split, *cfg.test_splits()]
     )
+    sweep = cfg.sweep()
+    # before any trial starts: a sweep ranks its trials by the metric, and val_* needs val rows
+    metric = sweep.train.model_copy(update={"metric": sweep.metric})
+    check_rows(items.count(metric.train_split), items.count(metric.val_split), metric, "the data")
     name = cfg.name or sweep_name(cfg, items)
     path = f"{absolute_uri(cfg.storage).rstrip('/')}/{name}"
-    sweep = cfg.sweep()
     plan = plan_sweep(sweep, NetworkConfig(model=cfg.model, head=cfg.head), items, path)
     featurize_seconds = 0.0
     frozen = plan.frozen_cuts()

@@ -28,7 +28,7 @@ import ray.data  # configures its loggers on import; setup() reroutes them after
 
 log = logging.getLogger("pipeline")
 
-LOG_FILE_ENV = "PIPELINE_LOG_FILE"  # the job's log file, for Ray workers to append to
+LOG_FILE_ENV = "PIPELINE_LOG_FILE"  # the job's log file, once setup() has chosen it
 NOISY = ("ray", "ray.data", "ray.tune", "ray.train", "filelock", "urllib3", "fsspec")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
@@ -122,18 +122,24 @@ def quiet_libraries() -> None:
             ):
                 logger.removeHandler(handler)
         logger.propagate = True
-    logging.getLogger("ray").setLevel(logging.INFO)
+        # Ray Data logs its scheduler's state at debug level several times a second
+        logger.setLevel(logging.INFO)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def worker_setup() -> None:
-    """In a Ray worker of a job: this project's records go (also) to the job's log file when
-    it is on a path this node sees, and Ray's own records stay at warnings. Ray runs it as the
-    job's ``worker_process_setup_hook``; the training loop runs it again because Ray Train
-    reconfigures its workers' logging when they start."""
+def current_file() -> str | None:
+    """This job's log file (set by :func:`setup`), for the Ray workers that log to pass on."""
+    return os.environ.get(LOG_FILE_ENV)
+
+
+def worker_setup(path: str | None) -> None:
+    """In a Ray worker that logs (a training loop, a sweep trial): this project's records go
+    (also) to the job's log file ``path`` when this node sees it, and Ray's own records stay at
+    warnings. Called when the loop starts, after Ray Train has configured the worker's
+    logging; the path travels with the work, not in the environment, so a cluster the job
+    joined gets it too."""
     root = logging.getLogger()
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    path = os.environ.get(LOG_FILE_ENV)
     ours = any(getattr(h, "baseFilename", None) == path for h in root.handlers)
     if path and not ours and Path(path).parent.is_dir():
         handler = logging.FileHandler(path)

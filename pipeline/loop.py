@@ -1,9 +1,10 @@
 """The epoch loop every fit runs, in a Ray Train worker or in a Ray Tune trial's own process.
 
-A :class:`WorkerSpec` says what to train (the network's files, the data, the settings); a
-:class:`Session` says where (rank, world, device, how to report and find checkpoints). The loop
-reads this rank's shard, resumes from the session's checkpoint, trains and validates each
-epoch, and reports metrics with a checkpoint (:mod:`pipeline.checkpoints`).
+A :class:`WorkerSpec` says what to train (the network's files, the data, the settings);
+:class:`Fit` trains it an epoch at a time (this rank's shard, the optimizer, the history, the
+checkpoint format of :mod:`pipeline.checkpoints`). The Ray Train loop drives a ``Fit`` through a
+:class:`Session` (rank, world, device, how to report and find checkpoints); a sweep trial drives
+one from a Tune ``Trainable`` (:mod:`pipeline.tune`), a step per epoch.
 
 Example (no Ray: the same epoch in this process):
 
@@ -25,21 +26,20 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import ray.train
 import ray.train.torch
 import torch
 import torch.nn.functional as F
-from ray import tune
 from tensorboardX import SummaryWriter
 
 from pipeline.checkpoints import restore, save_checkpoint
 from pipeline.finetune import build_optimizer, clip_gradients
 from pipeline.graph import TransferNet
 from pipeline.loading import from_files
-from pipeline.logs import worker_setup
+from pipeline.logs import current_file, worker_setup
 from pipeline.metrics import Counts, Evaluation, evaluate_batches, should_stop
 from pipeline.settings import FineTuneConfig, TrainConfig
 from pipeline.shards import ImageData, Input, epoch_order, in_order, open_shards
@@ -61,12 +61,13 @@ class WorkerSpec:
     run_dir: str
     classes: list[str]
     progress: object | None = None  # a ray.util.queue.Queue
+    log_file: str | None = field(default_factory=current_file)  # the driver's, when built
 
 
 @dataclass
 class Session:
-    """Where the epoch loop runs: a Ray Train worker, or a Ray Tune trial training in its own
-    process. The loop, its checkpoints and its resume are the same in both."""
+    """Where the Ray Train loop runs: this worker's rank, world and device, and Ray Train's
+    checkpoint and report calls."""
 
     rank: int
     world: int
@@ -75,7 +76,7 @@ class Session:
     report: Callable  # (metrics, checkpoint=...)
     checkpoint_type: type
     prepare: Callable  # the trainable module -> what the loop trains (DDP under Ray Train)
-    board: bool = True  # TensorBoard events (Tune writes its own)
+    board: bool = True  # TensorBoard events under the run directory
 
 
 def train_session() -> Session:
@@ -92,20 +93,6 @@ def train_session() -> Session:
     )
 
 
-def tune_session(device: str = "cpu") -> Session:
-    """The session of a Tune trial that trains in its own process (one rank)."""
-    return Session(
-        0,
-        1,
-        torch.device(device),
-        tune.get_checkpoint,
-        tune.report,
-        tune.Checkpoint,
-        lambda model: model,
-        board=False,
-    )
-
-
 def train_worker(config: dict) -> None:
     """One Ray Train worker (``train_loop_config={"spec": WorkerSpec}``)."""
     train_loop(config["spec"], train_session())
@@ -114,69 +101,116 @@ def train_worker(config: dict) -> None:
 # ---------------------------------------------------------------------------- the loop
 
 
-def train_loop(spec: WorkerSpec, session: Session) -> None:
-    """Read this rank's shard, train ``spec.train.epochs`` epochs (resuming from the session's
-    checkpoint), report metrics and a checkpoint every epoch."""
-    worker_setup()  # Ray Train reset this process's logging; the job's log file comes back
-    cfg, rank, world, device = spec.train, session.rank, session.world, session.device
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    net = from_files(spec.network).to(device)
-    fine_tune = cfg.fine_tune or FineTuneConfig(**net.spec.get("fine_tune", {}))
-    train_data, val_data = open_shards(spec.data, net, cfg, (rank, world), device)
-    per_rank = math.ceil(spec.rows / world)
-    steps = math.ceil(per_rank / cfg.batch_size)
-    opt, sched = build_optimizer(net, fine_tune, total_steps=cfg.epochs * steps)
-    state = {"history": [], "attempts": []}
-    if (checkpoint := session.get_checkpoint()) is not None:
-        state = restore(net, opt, sched, checkpoint)
-    if rank == 0 and isinstance(train_data, ImageData):
-        train_data.say_every = 30.0
-    model = session.prepare(net.trainable())
-    history, attempts = state["history"], state["attempts"] + [[]]
-    classes = len(spec.classes)
-    board = _board(spec.run_dir) if rank == 0 and session.board else None
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        if should_stop(history, cfg.metric, cfg.mode, cfg.patience):
-            break
-        start = time.perf_counter()
-        torch.manual_seed(fine_tune.seed * 1_000_003 + epoch)  # dropout: same on a resumed run
-        order = epoch_order(len(train_data), per_rank, cfg.batch_size, fine_tune.seed, epoch)
+class Fit:
+    """One rank's fit, an epoch at a time: the network rebuilt from its files, this rank's
+    shards, the optimizer and schedule, the history. The Ray Train loop and a Tune trial drive
+    the same object, so their checkpoints, resume and metrics are the same."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+        prepare: Callable = lambda model: model,
+    ):
+        cfg, self.spec, self.rank, self.world = spec.train, spec, rank, world
+        self.device = torch.device(device)
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        self.net = from_files(spec.network).to(self.device)
+        self.fine_tune = cfg.fine_tune or FineTuneConfig(**self.net.spec.get("fine_tune", {}))
+        self.train_data, self.val_data = open_shards(
+            spec.data, self.net, cfg, (rank, world), self.device, cache=f"{spec.run_dir}/.engine"
+        )
+        self.per_rank = math.ceil(spec.rows / world)
+        steps = math.ceil(self.per_rank / cfg.batch_size)
+        self.opt, self.sched = build_optimizer(
+            self.net, self.fine_tune, total_steps=cfg.epochs * steps
+        )
+        self.history: list[dict] = []
+        self.attempts: list[list[int]] = [[]]
+        self.evaluation: dict = {}
+        if rank == 0 and isinstance(self.train_data, ImageData):
+            self.train_data.say_every = 30.0
+        self.model = prepare(self.net.trainable())
+
+    def restore(self, checkpoint) -> None:
+        """Continue from a checkpoint (a directory or a Ray ``Checkpoint``)."""
+        state = restore(self.net, self.opt, self.sched, checkpoint)
+        self.history, self.attempts = state["history"], state["attempts"] + [[]]
+        self.evaluation = state.get("evaluation", {})
+
+    @property
+    def finished(self) -> bool:
+        cfg = self.spec.train
+        return len(self.history) >= cfg.epochs or should_stop(
+            self.history, cfg.metric, cfg.mode, cfg.patience
+        )
+
+    def epoch(self) -> dict:
+        """Train and validate the next epoch; return its metrics."""
+        cfg, world, epoch = self.spec.train, self.world, len(self.history) + 1
+        classes, start = len(self.spec.classes), time.perf_counter()
+        torch.manual_seed(self.fine_tune.seed * 1_000_003 + epoch)  # dropout: same on a resume
+        order = epoch_order(
+            len(self.train_data), self.per_rank, cfg.batch_size, self.fine_tune.seed, epoch
+        )
         train = train_epoch(
-            model,
-            train_data.batches(order, epoch, device),
-            opt,
-            sched,
-            fine_tune,
+            self.model,
+            self.train_data.batches(order, epoch, self.device),
+            self.opt,
+            self.sched,
+            self.fine_tune,
             cfg.label_smoothing,
             cfg.bn_eval,
         ).all_reduce(world, 1)
         val = evaluate_batches(
-            model, val_data.batches(in_order(len(val_data)), 0, device), min(cfg.top_k, classes)
-        ).all_reduce(world, classes)
+            self.model,
+            self.val_data.batches(in_order(len(self.val_data)), 0, self.device),
+            min(cfg.top_k, classes),
+        )
+        val = val.all_reduce(world, classes)
         metrics = {
             "epoch": epoch,
             **train.metrics("train"),
             **val.metrics("val"),
-            "lr": sched.get_last_lr()[0],
+            "lr": self.sched.get_last_lr()[0],
             "seconds": time.perf_counter() - start,
         }
-        if isinstance(train_data, ImageData):  # unreadable images, skipped in every epoch
-            metrics["skipped_images"] = _sum(train_data.skipped + val_data.skipped, world)
-            train_data.skipped = val_data.skipped = 0
-        history.append(metrics)
-        attempts[-1].append(epoch)
-        evaluation = Evaluation.from_counts(val, spec.classes).to_json()
-        _report(
-            metrics,
-            session,
-            net,
-            opt,
-            sched,
-            {"history": history, "attempts": attempts, "evaluation": evaluation},
+        if isinstance(self.train_data, ImageData):  # unreadable images, skipped every epoch
+            skipped = self.train_data.skipped + self.val_data.skipped
+            metrics["skipped_images"] = _sum(skipped, world)
+            self.train_data.skipped = self.val_data.skipped = 0
+        self.history.append(metrics)
+        self.attempts[-1].append(epoch)
+        self.evaluation = Evaluation.from_counts(val, self.spec.classes).to_json()
+        return metrics
+
+    def save(self, directory: str) -> None:
+        """This fit's checkpoint (network, optimizer, history) into ``directory``."""
+        save_checkpoint(
+            directory,
+            self.net,
+            self.opt,
+            self.sched,
+            {"history": self.history, "attempts": self.attempts, "evaluation": self.evaluation},
         )
-        if rank == 0:
-            _log(metrics, cfg, board, spec.progress)
-            _maybe_fail(cfg, epoch, spec.run_dir)
+
+
+def train_loop(spec: WorkerSpec, session: Session) -> None:
+    """Read this rank's shard, train ``spec.train.epochs`` epochs (resuming from the session's
+    checkpoint), report metrics and a checkpoint every epoch."""
+    worker_setup(spec.log_file)  # Ray Train reset this worker's logging: the job's file back
+    fit = Fit(spec, session.rank, session.world, session.device, session.prepare)
+    if (checkpoint := session.get_checkpoint()) is not None:
+        fit.restore(checkpoint)
+    board = _board(spec.run_dir) if session.rank == 0 and session.board else None
+    while not fit.finished:
+        metrics = fit.epoch()
+        _report(metrics, session, fit)
+        if session.rank == 0:
+            _log(metrics, spec.train, board, spec.progress)
+            _maybe_fail(spec.train, metrics["epoch"], spec.run_dir)
     if board is not None:
         board.close()
 
@@ -217,11 +251,11 @@ def _sum(value: float, world: int) -> float:
     return total.item()
 
 
-def _report(metrics: dict, session: Session, net, opt, sched, state: dict) -> None:
+def _report(metrics: dict, session: Session, fit: Fit) -> None:
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if session.rank == 0:  # one copy of the weights; the other ranks hold the same (DDP)
-            save_checkpoint(directory, net, opt, sched, state)
+            fit.save(directory)
             checkpoint = session.checkpoint_type.from_directory(directory)
         session.report(metrics, checkpoint=checkpoint)
 

@@ -201,9 +201,11 @@ def evaluate(
     k: int = 5,
     batch_size: int = 256,
     max_pixels: int = 89_478_485,
+    engine: str = "auto",
 ) -> Evaluation:
     """Metrics, per-class accuracy and confusion matrix of ``net`` on one split of a feature set
-    (through the trainable part; the set must match the net) or of images (the whole net)."""
+    (through the trainable part; the set must match the net) or of images (the frozen prefix on
+    ``engine``, then the trainable part)."""
     if isinstance(data, Items):
         source = ImageData(
             data.table,
@@ -214,6 +216,7 @@ def evaluate(
             None,
             max_pixels,
             torch.device("cpu"),
+            engine,
         )
         classes = data.classes
     else:

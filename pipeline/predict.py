@@ -25,84 +25,21 @@ import hashlib
 import logging
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from pipeline import featureset as fset
-from pipeline.decode import ERROR, IMAGE
-from pipeline.engine import TorchEngine
+from pipeline.actors import Predictor
 from pipeline.featureset import ID, FeatureSet
 from pipeline.featurize import check_feature_set
 from pipeline.graph import TransferNet
-from pipeline.loading import load
 from pipeline.settings import PredictConfig, Preprocess
 from pipeline.sources import Items
-from pipeline.stages import (
-    Pass,
-    actor_threads,
-    counts,
-    device_of,
-    run_pass,
-    stage_network,
-    write_errors,
-)
+from pipeline.stages import Pass, prepare_engine, run_pass
+from pipeline.writers import write_predictions
 
 log = logging.getLogger(__name__)
-
-
-class Predictor:
-    """The whole network in an actor: loaded once from a saved network, then uint8 images ->
-    class probabilities, the predicted index and its class name."""
-
-    def __init__(
-        self,
-        network: str,
-        classes: list[str],
-        preprocess: dict,
-        device: str | None = None,
-        threads: int | None = None,
-        channels_last: bool = True,
-    ):
-        self.classes = np.array(classes, dtype=object)
-        self.engine = TorchEngine(load(network), preprocess, device, threads, channels_last)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch.pop(IMAGE)
-        ok = batch[ERROR] == ""
-        probabilities = np.zeros((len(ok), len(self.classes)), np.float32)
-        if ok.any():
-            logits = self.engine(torch.from_numpy(images[ok]))
-            probabilities[ok] = torch.softmax(logits.float(), 1).cpu().numpy()
-        predicted = np.where(ok, probabilities.argmax(1), -1).astype(np.int32)
-        batch[fset.PROBABILITIES], batch[fset.PREDICTED] = probabilities, predicted
-        batch[fset.CLASS] = np.where(ok, self.classes[np.maximum(predicted, 0)], "")
-        return batch
-
-
-def write_predictions(
-    batch: dict[str, np.ndarray], *, uri: str, n_classes: int
-) -> dict[str, np.ndarray]:
-    """One part per batch (named by its rows, written atomically) plus its rejected items."""
-    ok = batch[ERROR] == ""
-    if ok.any():
-        fs, root = fsspec.core.url_to_fs(uri)
-        schema = fset.prediction_schema(n_classes)
-        columns = [
-            pa.array(np.asarray(batch[f.name][ok]), type=f.type)
-            for f in schema
-            if f.name != fset.PROBABILITIES
-        ]
-        columns.append(
-            pa.FixedShapeTensorArray.from_numpy_ndarray(
-                np.ascontiguousarray(batch[fset.PROBABILITIES][ok])
-            )
-        )
-        table = pa.Table.from_arrays(columns, schema=schema)
-        fset.write_atomic(fs, f"{root}/{fset.part_name(fset.row_keys(table))}", table)
-    write_errors(uri, batch)
-    return counts(batch)
 
 
 def _identity(net: TransferNet, items: Items) -> dict:
@@ -142,6 +79,7 @@ def predict(
     mask = [i not in finished for i in items.table.column(ID).to_pylist()]
     remaining = items.table.filter(pa.array(mask, pa.bool_()))
     if remaining.num_rows:
+        engine = prepare_engine(net, [], preprocess, cfg, what="the network")
         run_pass(
             remaining,
             cfg,
@@ -149,14 +87,7 @@ def predict(
                 "predict",
                 preprocess,
                 Predictor,
-                dict(
-                    network=stage_network(net, cfg.out),
-                    classes=classes,
-                    preprocess=preprocess.model_dump(),
-                    device=device_of(cfg),
-                    threads=actor_threads(cfg),
-                    channels_last=cfg.channels_last,
-                ),
+                dict(engine=engine, classes=classes),
                 write_predictions,
                 dict(uri=cfg.out, n_classes=len(classes)),
             ),

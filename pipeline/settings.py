@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+Engine = Literal["auto", "torch", "onnxruntime"]
+
 
 class Settings(BaseModel):
     """Unknown keys are errors, so a typo never silently keeps a default."""
@@ -162,15 +164,38 @@ class StageConfig(Settings):
     """How the decode -> model -> write stages run on Ray Data (featurize and predict)."""
 
     out: str = Field("runs/features", description="where the output directories go")
-    batch_size: int = Field(64, gt=0, description="images per model call")
+    batch_size: int = Field(
+        256,
+        gt=0,
+        description="images per Ray Data batch: a decode task's, an actor call's and a Parquet "
+        "part's (a CPU model runs them 8 at a time); fewer, larger batches cost Ray less",
+    )
     actors: int = Field(1, gt=0, description="model actors (one per GPU on a GPU cluster)")
     actor_cpus: float = Field(0.5, gt=0, description="fractional, so decoders keep running")
     actor_gpus: float = Field(0, ge=0)
-    torch_threads: int | None = Field(
+    engine: Engine = Field(
+        "auto",
+        description="what runs the network: onnxruntime (exported once, ~4x eager PyTorch on "
+        "CPUs), torch, or auto (onnxruntime on CPU, torch on GPU unless ONNX Runtime's CUDA "
+        "provider is installed)",
+    )
+    threads: int | None = Field(
         None, description="per actor; default: the node's cores divided by actors"
     )
     decode_cpus: float = Field(
         0.25, gt=0, description="per decode task; must differ from actor_cpus on CPU-only actors"
+    )
+    decoders: int | None = Field(
+        None,
+        gt=0,
+        description="decode tasks at a time; default: one per 4 cores the CPU actors' models "
+        "use (one decoder outpaces 4 cores of model), as many as the CPUs allow beside GPU "
+        "actors",
+    )
+    gpu_decode: bool = Field(
+        False,
+        description="GPU actors: JPEGs travel as bytes and are decoded, resized and "
+        "cropped on the actor's GPU (torchvision.io.decode_jpeg); other images on CPUs",
     )
     write_cpus: float = Field(0.25, gt=0)
     channels_last: bool = True
@@ -182,6 +207,11 @@ class StageConfig(Settings):
     def _separate_stages(self):
         # Ray Data fuses a task stage into the next actor stage when their resources are equal;
         # decoding would then run inside the model actors, in series with the forward pass.
+        if self.gpu_decode and not self.actor_gpus:
+            raise ValueError(
+                "gpu_decode decodes on the model actors' GPUs: give them one "
+                "(actor_gpus=1) or leave gpu_decode off"
+            )
         if self.decode_cpus == self.actor_cpus and not self.actor_gpus:
             raise ValueError(
                 f"decode_cpus and actor_cpus are both {self.decode_cpus}: make them "
@@ -256,6 +286,9 @@ class TrainConfig(Settings):
         None, description="end-to-end only: random resized crop and flip per epoch; none when unset"
     )
     max_image_pixels: int = Field(89_478_485, gt=0)
+    engine: Engine = Field(
+        "auto", description="end to end: what runs the frozen prefix (see FeaturizeConfig)"
+    )
     fail_after_epoch: int | None = Field(
         None,
         description="fault injection for tests: rank 0 raises once, after reporting this epoch",

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.decode import BadImage, augmentation, read_image, resize_crop, seeded, view_seed
-from pipeline.engine import TorchEngine
+from pipeline.decode import BadImage, augmented, augmented_side, read_image, resize_crop, view_seed
+from pipeline.engine import build_engine
 from pipeline.featureset import ID, LABEL, SOURCE, SPLIT, FeatureSet
 from pipeline.graph import TransferNet
 from pipeline.settings import AugmentConfig, Preprocess, TrainConfig
 
 log = logging.getLogger(__name__)
+DECODERS = 2  # threads decoding a training worker's images (PIL and torch release the GIL)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class FeatureData:
     @classmethod
     def of_images(cls, images: ImageData, device) -> FeatureData:
         """Run the frozen prefix over ``images`` once and hold the result."""
-        parts, labels = [], []
+        empty = {n: torch.empty(0, *images.shapes[n]) for n in images.names}
+        parts, labels = [[empty[n] for n in images.names]], [torch.empty(0, dtype=torch.int64)]
         for inputs, y in images.batches(in_order(len(images)), 0, device):
             parts.append(inputs)
             labels.append(y)
@@ -89,41 +93,11 @@ class FeatureData:
             )
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """Items -> uint8 crops: the network's own resize and crop, or a random resized crop and
-    flip seeded by (item, epoch) so a resumed run sees the same augmentation."""
-
-    def __init__(
-        self,
-        table: pa.Table,
-        preprocess: Preprocess,
-        augment: AugmentConfig | None,
-        max_pixels: int,
-    ):
-        self.ids, self.sources = table.column(ID).to_pylist(), table.column(SOURCE).to_pylist()
-        self.size, self.augment, self.max_pixels = preprocess.crop_size, augment, max_pixels
-        self.plain = resize_crop(preprocess)
-        self.augmented = augmentation(preprocess.crop_size, augment) if augment else None
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int):
-        try:
-            image = read_image(self.sources[i], self.max_pixels)
-        except (BadImage, OSError):
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
-        if self.augmented is None:
-            return self.plain(image), True
-        return seeded(
-            self.augmented, image, view_seed(self.ids[i], self.epoch, self.augment.seed)
-        ), True
-
-
 class ImageData:
-    """A worker's shard of an image split: decode (and augment), then the frozen prefix under
-    no-grad, so each batch arrives as frontier tensors like :class:`FeatureData`'s."""
+    """A worker's shard of an image split: decoded (and augmented: a random resized crop and
+    flip seeded by (item, epoch), so a resumed run sees the same crops) by a few threads a
+    batch ahead, then run through the frozen prefix on its engine, so each batch arrives as
+    frontier tensors like :class:`FeatureData`'s."""
 
     def __init__(
         self,
@@ -135,52 +109,93 @@ class ImageData:
         augment: AugmentConfig | None,
         max_pixels: int,
         device,
+        engine: str = "auto",
+        threads: int | None = None,
+        cache: str | None = None,
     ):
         table = items.filter(pc.equal(items.column(SPLIT), split))
         table = table.take(pc.sort_indices(table, [(ID, "ascending")]))
         rank, world = shard
         table = table.take(pa.array(np.arange(rank, table.num_rows, world), pa.int64()))
+        self.ids, self.sources = table.column(ID).to_pylist(), table.column(SOURCE).to_pylist()
         self.labels = torch.from_numpy(table.column(LABEL).to_numpy().astype(np.int64))
-        self.dataset = _ImageDataset(table, preprocess, augment, max_pixels)
-        self.prefix = TorchEngine(net.prefix(), preprocess, device=device)
-        self.names, self.skipped = net.frontier(), 0
+        self.preprocess, self.augment, self.max_pixels = preprocess, augment, max_pixels
+        self.side = max(
+            preprocess.resize_size, augmented_side(preprocess.crop_size, augment) if augment else 0
+        )
+        self.names, self.shapes, self.skipped = net.frontier(), net.frontier_shapes(), 0
+        self.prefix = build_engine(
+            net.prefix(),
+            self.names,
+            preprocess,
+            engine,
+            torch.device(device).type,
+            threads,
+            cache=cache,
+            key=net.prefix_sha256(),
+            what="the frozen prefix",
+        )
         self.say_every: float | None = None  # seconds between progress lines (rank 0)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def image(self, i: int, epoch: int) -> tuple[np.ndarray, bool]:
+        """Row ``i`` as a uint8 crop (blank and False when unreadable)."""
+        try:
+            image = read_image(self.sources[i], self.max_pixels, self.side)
+        except (BadImage, OSError):
+            size = self.preprocess.crop_size
+            return np.zeros((3, size, size), np.uint8), False
+        if self.augment is None:
+            return resize_crop(image, self.preprocess), True
+        seed = view_seed(self.ids[i], epoch, self.augment.seed)
+        return augmented(image, self.preprocess.crop_size, self.augment, seed), True
+
     def batches(self, order: list[torch.Tensor], epoch: int, device) -> Iterator:
-        self.dataset.epoch = epoch
-        # its own generator: drawing the loader's seed from the global one would shift dropout
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[i.tolist() for i in order], generator=torch.Generator()
-        )
         start = last = time.perf_counter()
-        for step, (idx, (images, ok)) in enumerate(zip(order, loader), 1):
-            now = time.perf_counter()
-            if self.say_every and now - last > self.say_every:
-                last = now
-                log.info(
-                    "epoch %d: batch %d/%d, %.1f images/s",
-                    epoch,
-                    step,
-                    len(order),
-                    sum(map(len, order[:step])) / (now - start),
-                )
-            self.skipped += int((~ok).sum())
-            if ok.any():
-                features = self.prefix(images[ok])
-                # inference-mode tensors cannot enter autograd: clone them out of it
-                yield (
-                    [features[n].float().clone() for n in self.names],
-                    self.labels[idx][ok].to(device),
-                )
+        with ThreadPoolExecutor(DECODERS) as pool:
+            ahead = deque()
+            for step, idx in enumerate(order, 1):
+                ahead.append((idx, [pool.submit(self.image, i, epoch) for i in idx.tolist()]))
+                if len(ahead) < 2 and step < len(order):
+                    continue  # one batch decodes while the previous one runs
+                yield from self._run(*ahead.popleft(), device)
+                now = time.perf_counter()
+                if self.say_every and now - last > self.say_every:
+                    last = now
+                    log.info(
+                        "epoch %d: batch %d/%d, %.1f images/s",
+                        epoch,
+                        step,
+                        len(order),
+                        sum(map(len, order[:step])) / (now - start),
+                    )
+            while ahead:
+                yield from self._run(*ahead.popleft(), device)
+
+    def _run(self, idx: torch.Tensor, decoding: list, device) -> Iterator:
+        crops = [f.result() for f in decoding]
+        ok = np.array([good for _, good in crops], dtype=bool)
+        self.skipped += int((~ok).sum())
+        if ok.any():
+            features = self.prefix(np.stack([c for c, good in crops if good]))
+            yield (
+                [torch.from_numpy(features[n]).to(device) for n in self.names],
+                self.labels[idx][torch.from_numpy(ok)].to(device),
+            )
 
 
 def open_shards(
-    data: Input, net: TransferNet, cfg: TrainConfig, shard: tuple[int, int], device
+    data: Input,
+    net: TransferNet,
+    cfg: TrainConfig,
+    shard: tuple[int, int],
+    device,
+    cache: str | None = None,
 ) -> tuple[FeatureData | ImageData, FeatureData | ImageData]:
-    """This rank's (train, val) shards of ``data``."""
+    """This rank's (train, val) shards of ``data`` (``cache``: where images' engines keep
+    their exported prefix)."""
     if isinstance(data, FeatureInput):
         fs = FeatureSet.open(data.uri)
         return (
@@ -189,7 +204,17 @@ def open_shards(
         )
     shards = tuple(
         ImageData(
-            data.items, split, shard, net, data.preprocess, augment, cfg.max_image_pixels, device
+            data.items,
+            split,
+            shard,
+            net,
+            data.preprocess,
+            augment,
+            cfg.max_image_pixels,
+            device,
+            cfg.engine,
+            max(1, int(cfg.cpus_per_worker)),
+            cache,
         )
         for split, augment in ((cfg.train_split, cfg.augment), (cfg.val_split, None))
     )

@@ -26,7 +26,7 @@ from pipeline import report
 from pipeline.loading import load
 from pipeline.metrics import evaluate
 from pipeline.sweep_settings import COMPARE_ROWS, SweepConfig
-from pipeline.tune import SweepPlan, best_checkpoint, trial_depth
+from pipeline.tune import SweepPlan, Trials, best_checkpoint, trial_depth
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,15 @@ class SweepResult:
 
 
 def sweep_outputs(
-    cfg: SweepConfig, plan: SweepPlan, results: list, test_splits: list[str]
+    cfg: SweepConfig, plan: SweepPlan, trials: Trials, test_splits: list[str]
 ) -> SweepResult:
     """Write ``results.csv``/``results.parquet``, export the best trial's network to
     ``best/model``, evaluate the compare rows on ``test_splits``, write the report."""
     path, table, chosen = plan.path, [], None
     # in trial-name order, so ties on the metric pick the same best trial on every run
-    results = sorted(results, key=lambda r: os.path.basename(r.path))
+    results = sorted(trials.results, key=lambda r: os.path.basename(r.path))
     for result in results:
-        row = _row(cfg, result)
+        row = _row(cfg, result, trials.walls.get(os.path.basename(result.path), math.nan))
         row["unfreeze"] = row.get("unfreeze") or trial_depth(cfg, result.config).key
         row["checkpoint"] = best_checkpoint(result, cfg.metric, cfg.mode)
         table.append(row)
@@ -104,7 +104,9 @@ def sweep_outputs(
     return SweepResult(path, table, chosen, best_model, page, compare)
 
 
-def _row(cfg: SweepConfig, result) -> dict:
+def _row(cfg: SweepConfig, result, wall: float) -> dict:
+    """One trial's table row: its config, status, epochs, best and final metric, the wall
+    time the driver saw and the time its epochs took (training and validation)."""
     config, frame = result.config, result.metrics_dataframe
     row = {
         "trial": os.path.basename(result.path),
@@ -127,6 +129,8 @@ def _row(cfg: SweepConfig, result) -> dict:
             if k in frame
         },
         "seconds": (float(frame["time_total_s"].iloc[-1]) if "time_total_s" in frame else math.nan),
+        "wall_s": wall,
+        "train_s": float(frame["seconds"].sum()) if "seconds" in frame else math.nan,
     }
 
 

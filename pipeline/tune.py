@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
@@ -42,8 +43,8 @@ from pipeline.featureset import SPLIT, FeatureSet
 from pipeline.featurize import check_feature_set
 from pipeline.graph import TransferNet
 from pipeline.loading import from_files
-from pipeline.logs import Progress, captured_stdout
-from pipeline.loop import WorkerSpec, train_loop, tune_session
+from pipeline.logs import Progress, captured_stdout, current_file, worker_setup
+from pipeline.loop import Fit, WorkerSpec, epoch_line
 from pipeline.networks import base_network, continued_network, cut_for, with_head
 from pipeline.settings import FineTuneConfig, NetworkConfig, Preprocess, TrainConfig
 from pipeline.shards import FeatureInput, ImageInput
@@ -68,6 +69,7 @@ class SweepPlan:
     preprocess: Preprocess
     feature_sets: dict[str, str] = field(default_factory=dict)
     start_from: str | None = None  # compare: the frozen row's best checkpoint
+    log_file: str | None = field(default_factory=current_file)  # the driver's job log
 
     def frozen_cuts(self) -> dict[str, list[str]]:
         """The depths that freeze something: those a feature set serves."""
@@ -161,9 +163,10 @@ def trial_network(plan: SweepPlan, trial: Trial) -> TransferNet:
     return with_head(net, plan.head, trial.hidden, trial.dropout, trial.fine_tune)
 
 
-def _run_trial(params: dict, cfg: SweepConfig, plan: SweepPlan) -> None:
-    """A Tune trial: build its network, train it here (or with a TorchTrainer), report each
-    epoch with a checkpoint; a restarted trial resumes from its checkpoint."""
+def trial_spec(cfg: SweepConfig, plan: SweepPlan, params: dict, run_dir: str) -> WorkerSpec:
+    """What a trial trains: its network (with its own hidden blocks and settings), on its
+    depth's feature set (or on images when it augments, freezes nothing, or featurizes for
+    itself)."""
     trial = Trial.of(cfg, params)
     net = trial_network(plan, trial)
     key, train = trial.depth.key, trial.train
@@ -176,30 +179,75 @@ def _run_trial(params: dict, cfg: SweepConfig, plan: SweepPlan) -> None:
         once = bool(plan.cuts[key]) and train.augment is None  # per_trial: featurize once
         data = ImageInput(plan.items.table, plan.preprocess, once=once)
         rows = plan.items.count(train.train_split)
+    return WorkerSpec(
+        train, net.to_files(), data, rows, run_dir, plan.items.classes, log_file=plan.log_file
+    )
+
+
+class TrialTrainable(tune.Trainable):
+    """A sweep trial training in its own process, one epoch a step, a checkpoint each step.
+    Tune reuses the process for the next trial (:meth:`reset_config`), so a trial pays no
+    process start, no torch import and no Ray worker set-up: only its own network and data."""
+
+    def setup(self, config: dict, sweep: SweepConfig, plan: SweepPlan) -> None:
+        self.sweep, self.plan = sweep, plan
+        self._start(config)
+
+    def _start(self, config: dict) -> None:
+        worker_setup(self.plan.log_file)
+        self.fit = Fit(trial_spec(self.sweep, self.plan, config, self.logdir))
+
+    def step(self) -> dict:
+        metrics = self.fit.epoch()
+        log.info(epoch_line(metrics, self.fit.spec.train.epochs))
+        return {**metrics, "done": self.fit.finished}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.fit.save(checkpoint_dir)
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        self.fit.restore(checkpoint)
+
+    def reset_config(self, new_config: dict) -> bool:
+        self._start(new_config)
+        return True
+
+
+def _distributed_trial(params: dict, cfg: SweepConfig, plan: SweepPlan) -> None:
+    """A trial asking for several workers or a GPU: the driver of a TorchTrainer whose rank 0
+    reports reach Tune through ``TuneReportCallback`` (Ray Train V2's Tune pattern)."""
     trial_dir = tune.get_context().get_trial_dir()
-    spec = WorkerSpec(train, net.to_files(), data, rows, trial_dir, plan.items.classes)
-    if train.distributed:  # Ray Train V2's Tune pattern: rank 0's reports reach Tune
-        torch_trainer(spec, "train", trial_dir, [TuneReportCallback()]).fit()
-    else:
-        train_loop(spec, tune_session())
+    spec = trial_spec(cfg, plan, params, trial_dir)
+    torch_trainer(spec, "train", trial_dir, [TuneReportCallback()]).fit()
 
 
 # ---------------------------------------------------------------------------- the trials
 
 
-def run_trials(cfg: SweepConfig, plan: SweepPlan) -> list:
+@dataclass
+class Trials:
+    """A sweep's finished trials (Tune's results) and each one's wall time on the driver, from
+    its start to its end (trials that ran under this driver)."""
+
+    results: list
+    walls: dict[str, float] = field(default_factory=dict)
+
+
+def run_trials(cfg: SweepConfig, plan: SweepPlan) -> Trials:
     """Run the sweep's trials on Ray Tune (resuming an interrupted sweep at ``plan.path``);
     the compare preset runs its fine-tuned row as a second stage, from the frozen row's best
     checkpoint."""
+    progress = _SweepProgress(cfg.metric, cfg.mode)
     if cfg.preset != "compare":
-        return _fit(_tuner(cfg, plan.path, plan))
-    results = _fit(_tuner(cfg, plan.path, plan, ["scratch", "frozen"]))
+        return Trials(_fit(_tuner(cfg, plan.path, plan, progress)), progress.walls)
+    results = _fit(_tuner(cfg, plan.path, plan, progress, ["scratch", "frozen"]))
     frozen = next(r for r in results if r.config["row"] == "frozen")
     start_from = best_checkpoint(frozen, cfg.metric, cfg.mode)
     if start_from is None:
         raise RuntimeError(f"the frozen row of {plan.path} left no checkpoint: {frozen.error}")
     second = replace(plan, start_from=start_from)
-    return results + _fit(_tuner(cfg, f"{plan.path}/fine-tuned", second, ["fine-tuned"]))
+    results += _fit(_tuner(cfg, f"{plan.path}/fine-tuned", second, progress, ["fine-tuned"]))
+    return Trials(results, progress.walls)
 
 
 def _fit(tuner: tune.Tuner) -> list:
@@ -208,13 +256,21 @@ def _fit(tuner: tune.Tuner) -> list:
 
 
 def _tuner(
-    cfg: SweepConfig, path: str, plan: SweepPlan, rows: list[str] | None = None
+    cfg: SweepConfig,
+    path: str,
+    plan: SweepPlan,
+    progress: _SweepProgress,
+    rows: list[str] | None = None,
 ) -> tune.Tuner:
     train = cfg.train
-    # a TorchTrainer trial is only a driver; its workers ask for their own resources
-    resources = {"cpu": 0.1} if train.distributed else {"cpu": cfg.cpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_run_trial, cfg=cfg, plan=plan), resources)
-    callbacks = [_SweepProgress(cfg.metric, cfg.mode)]
+    if train.distributed:  # a TorchTrainer trial is only a driver; its workers ask for theirs
+        trainable = tune.with_resources(
+            tune.with_parameters(_distributed_trial, cfg=cfg, plan=plan), {"cpu": 0.1}
+        )
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(TrialTrainable, sweep=cfg, plan=plan), {"cpu": cfg.cpus_per_trial}
+        )
     if tune.Tuner.can_restore(path):
         log.info(
             "sweep: resuming %s: finished trials are kept, unfinished ones continue from "
@@ -251,7 +307,7 @@ def _tuner(
             # the generator takes the concurrency limit itself: Tune ignores
             # max_concurrent_trials when given a SearchGenerator
             search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrent),
-            reuse_actors=False,
+            reuse_actors=not train.distributed,  # trial processes serve trial after trial
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
@@ -259,12 +315,14 @@ def _tuner(
             name=os.path.basename(path),
             storage_path=os.path.dirname(path),
             verbose=0,
-            callbacks=callbacks,
+            callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=train.max_failures),
             # every checkpoint is kept while trials run: Tune deletes surplus ones before its
             # next experiment snapshot, so a driver killed in between would resume a trial from
             # a deleted checkpoint. Finished trials are pruned afterwards.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None, checkpoint_frequency=0 if train.distributed else 1
+            ),
         ),
     )
 
@@ -331,6 +389,11 @@ class _SweepProgress(tune.Callback):
         self.metric, self.mode = metric, mode
         self.finished, self.best = 0, None
         self.progress = Progress("sweep")
+        self.started: dict[str, float] = {}
+        self.walls: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial_name(trial)] = time.perf_counter()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
@@ -342,6 +405,9 @@ class _SweepProgress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
+        name = trial_name(trial)
+        if name in self.started:
+            self.walls[name] = time.perf_counter() - self.started[name]
         self._update(trials)
 
     def _update(self, trials) -> None:

@@ -75,6 +75,14 @@ def standardized(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
+def network_input(sources, preprocess: Preprocess) -> torch.Tensor:
+    """Image files as the network's float input, decoded as every pass decodes them."""
+    from pipeline.decode import load_crop
+
+    crops = torch.stack([torch.from_numpy(load_crop(str(s), preprocess)) for s in sources])
+    return standardized(crops, preprocess)
+
+
 def add_bad_files(root):
     """One of each kind of bad input, beside good images of the same class (same block)."""
     good = next((root / "circle").glob("*.png"))

@@ -1,6 +1,8 @@
 """The benchmarks run end to end on a tiny network and report consistent figures (no timing is
 asserted: the figures are what a benchmark run prints)."""
 
+import logging
+
 import pytest
 
 from pipeline.benchmarks import featurize, fit
@@ -8,20 +10,29 @@ from pipeline.benchmarks import featurize, fit
 pytestmark = pytest.mark.slow
 
 
-def test_featurize_benchmark_measures_the_pipeline_beside_the_plain_loop(ray_local):
-    figures = featurize.featurize_benchmark(
-        None, "tiny:cnn", None, "pool", images=20, batch_size=8, workers=0, actors=1
-    )
-    assert figures["images"] == 20
+def test_featurize_benchmark_runs_the_job_beside_the_plain_loop_and_the_limit(caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.benchmarks"):
+        figures = featurize.featurize_benchmark(
+            None, "tiny:cnn", None, "pool", images=20, batch_size=8, workers=0, actors=1
+        )
+    assert figures["images"] == figures["pipeline_images"] == 20
+    assert figures["pipeline_engine"] == "onnxruntime" and figures["pipeline_errors"] == 0
     assert figures["throughput_ratio"] == pytest.approx(
-        figures["pipeline_images_per_s"] / figures["baseline_images_per_s"]
+        figures["pipeline_images_per_s"] / figures["plain_images_per_s"]
     )
-    assert figures["prefix_gflop_per_image"] > 0 and figures["gemm_peak_gflops"] > 0
-    # 20 rows of a tiny net are mostly Parquet metadata: only the ratio's presence is checked
-    assert figures["float16_over_float32_bytes"] > 0 and figures["pipeline_peak_rss_mb"] > 0
+    assert figures["limit_fraction"] == pytest.approx(
+        figures["pipeline_images_per_s"] / figures["prefix_onnxruntime_images_per_s"]
+    )
+    assert figures["prefix_torch_images_per_s"] > 0 and figures["gemm_peak_gflops"] > 0
+    assert figures["pipeline_peak_rss_mb"] > 0 and figures["plain_peak_rss_mb"] > 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-2].startswith("throughput: pipeline ") and lines[-2].endswith("x")
+    assert lines[-1].startswith("limit: pipeline at ") and lines[-1].endswith(
+        "% of the prefix-only onnxruntime rate"
+    )
 
 
-def test_featurize_memory_benchmark_compares_two_sizes(ray_local):
+def test_featurize_memory_benchmark_compares_two_sizes():
     figures = featurize.featurize_memory_benchmark(
         "tiny:cnn", None, "pool", images=10, factor=2, size=32, batch_size=8
     )

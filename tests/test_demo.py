@@ -71,14 +71,15 @@ def test_generated_data_is_written_once_per_setting(tmp_path):
 
 
 def test_demo_flags_and_overrides_are_validated(tmp_path):
-    cfg, verbose = parse(
+    cfg, opts = parse(
         "",
         DemoConfig,
         "",
-        ["--data", str(tmp_path), "steps=[fit]", "-v", "train.epochs=3"],
+        ["--data", str(tmp_path), "steps=[fit]", "-v", "train.epochs=3", "--dashboard"],
         flags=("data",),
     )
-    assert cfg.data == tmp_path and cfg.steps == ["fit"] and cfg.train.epochs == 3 and verbose
+    assert cfg.data == tmp_path and cfg.steps == ["fit"] and cfg.train.epochs == 3
+    assert opts.verbose and opts.dashboard
     with pytest.raises(ValueError, match="key=value"):
         load_config(DemoConfig, None, ["epochs"])
     with pytest.raises(ValueError, match="step"):

@@ -8,18 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MOBILENET_WEIGHTS, REPO, SHARED, add_bad_files, needs_shared, start_ray
+from conftest import (
+    MOBILENET_WEIGHTS,
+    REPO,
+    SHARED,
+    TINY,
+    add_bad_files,
+    needs_shared,
+    network_input,
+    standardized,
+    start_ray,
+)
 from pipeline import featureset as fset
 from pipeline import sources
-from pipeline.decode import read_image, resize_crop, transform
+from pipeline.decode import load_crop
 from pipeline.featureset import FeatureSet
 from pipeline.featurize import PrefixModel, featurize, plan
 from pipeline.settings import DataConfig, FeaturizeConfig, Preprocess
 from pipeline.shapes import SHAPES, generate_shapes
+from pipeline.stages import prepare_engine
 from pipeline.surgery import TransferLearning
 
 CUTS = ["pool", "features.1"]
-TINY = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def _net():
@@ -29,8 +39,7 @@ def _net():
 def _reference(net, cut, paths):
     """What the network computes for these images, in one process, float32."""
     variant = TransferLearning(net).set_feature_extractor(cut).build()
-    plain = transform(TINY)
-    images = torch.stack([plain(read_image(str(p), 10**8)) for p in paths])
+    images = network_input(paths, TINY)
     return variant.featurize(images)
 
 
@@ -51,24 +60,21 @@ def tiny_run(tmp_path_factory, _ray_session):
 # ---------------------------------------------------------------------------- stages, no Ray
 
 
-def _standardized(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
-    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
-def test_prefix_model_matches_the_network(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_prefix_model_matches_the_network_on_either_engine(tmp_path, engine):
     net = _net()
-    net.save(str(tmp_path / "net"))
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    model = PrefixModel(
-        str(tmp_path / "net"), net.frontier_shapes(), TINY.model_dump(), dtype="float32"
+    spec = prepare_engine(
+        net, net.frontier(), TINY, FeaturizeConfig(out=str(tmp_path), engine=engine), "the prefix"
     )
+    assert spec.kind == engine and (spec.onnx is not None) == (engine == "onnxruntime")
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    model = PrefixModel(spec, net.frontier_shapes(), dtype="float32")
     batch = {
         "error": np.array(["", "", "broken", "", "", ""], dtype=object),
         "image": images.numpy(),
     }
     out = model(batch)
-    expected = net.featurize(_standardized(images, TINY))
+    expected = net.featurize(standardized(images, TINY))
     ok = np.array([True, True, False, True, True, True])
     assert "image" not in out
     torch.testing.assert_close(
@@ -133,7 +139,8 @@ def test_bad_files_are_recorded_skipped_and_counted(tiny_run):
         assert all(reason in by_name[name] for name, reason in tiny_run["bad"].items())
         assert fs.manifest["errors"] == 5 and fs.manifest["rows"] == 40
     summary = result.summary()
-    assert summary.startswith("featurize: 40 images, 5 errors, ") and "images/s -> " in summary
+    assert summary.startswith("featurize: 40 images, 5 errors, ")
+    assert "images/s (onnxruntime) -> " in summary  # too short a pass for a steady rate
     assert all(fs.uri in summary for fs in result.feature_sets)
 
 
@@ -294,13 +301,17 @@ def test_removing_a_worker_node_mid_run_loses_and_doubles_nothing(tmp_path):
     assert table.num_rows == 300 == len(set(table.column("id").to_pylist()))
     net = TransferLearning("tiny:resnet").set_feature_extractor("pool").build()
     preprocess = Preprocess(resize_size=64, crop_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    net.save(str(tmp_path / "net"))
-    model = PrefixModel(str(tmp_path / "net"), net.frontier_shapes(), preprocess.model_dump())
+    spec = prepare_engine(
+        net,
+        net.frontier(),
+        preprocess,
+        FeaturizeConfig(out=str(tmp_path), engine="torch"),
+        "the prefix",
+    )
+    model = PrefixModel(spec, net.frontier_shapes())
     order = sorted(range(300), key=lambda i: table.column("id")[i].as_py())
     sources_sorted = [table.column("source")[i].as_py() for i in order]
-    crops = np.stack(
-        [resize_crop(preprocess)(read_image(s, 10**8)).numpy() for s in sources_sorted]
-    )
+    crops = np.stack([load_crop(s, preprocess) for s in sources_sorted])
     expected = model({"error": np.array([""] * 300, dtype=object), "image": crops})["pool"]
     torch.testing.assert_close(
         fs.tensors()[0]["pool"], torch.from_numpy(expected), atol=1e-4, rtol=1e-4

@@ -20,8 +20,9 @@ def console(tmp_path):
             handler.close()
 
 
-def test_console_shows_our_lines_and_others_warnings_file_keeps_all(console):
+def test_console_shows_our_lines_and_others_warnings_file_keeps_all(console, caplog):
     stream, path = console
+    caplog.set_level(logging.DEBUG)  # as logs.setup leaves it (pytest's log_level resets it)
     logging.getLogger("pipeline.train").info("fit: 3 epochs")
     logging.getLogger("pipeline.train").debug("a detail")
     logging.getLogger("ray.data").info("Starting execution of Dataset x")

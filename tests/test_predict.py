@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import TINY, standardized, start_ray
+from conftest import TINY, network_input, standardized, start_ray
 from pipeline import featureset as fset
 from pipeline import sources
-from pipeline.decode import read_image, transform
 from pipeline.loading import load
 from pipeline.predict import Predictor, output_from_featurized, predict, read_predictions
 from pipeline.settings import DataConfig, PredictConfig
 from pipeline.shapes import SHAPES, generate_shapes
+from pipeline.stages import prepare_engine
 from pipeline.surgery import TransferLearning
 
 
@@ -39,18 +39,18 @@ def images(tmp_path_factory):
     return root, sources.list_items(DataConfig(sources=[str(root / "data")]))
 
 
-def test_predictor_is_the_whole_network_on_uint8_images(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_predictor_is_the_whole_network_on_uint8_images(tmp_path, engine):
     net = _net()
-    net.save(str(tmp_path / "net"))
+    spec = prepare_engine(net, [], TINY, PredictConfig(out=str(tmp_path), engine=engine), "net")
+    assert spec.kind == engine
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     batch = {
         "id": np.array(["a", "b", "c"], object),
         "error": np.array(["", "", "bad"], object),
         "image": x.numpy(),
     }
-    out = Predictor(
-        str(tmp_path / "net"), net.spec["classes"], preprocess=TINY.model_dump(), device="cpu"
-    )(batch)
+    out = Predictor(spec, net.spec["classes"])(batch)
     net.eval()
     expected = torch.softmax(net(standardized(x[:2], TINY)), 1)
     np.testing.assert_allclose(out[fset.PROBABILITIES][:2], expected.detach().numpy(), atol=1e-5)
@@ -77,9 +77,7 @@ def test_predict_writes_parquet_rows_and_records_bad_images(images, predicted):
     )
     probabilities = table.column(fset.PROBABILITIES).combine_chunks().to_numpy_ndarray()
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
-    x = torch.stack(
-        [transform(TINY)(read_image(s, 10**8)) for s in table.column(fset.SOURCE).to_pylist()]
-    )
+    x = torch.stack([network_input([s], TINY)[0] for s in table.column(fset.SOURCE).to_pylist()])
     expected = net(x).argmax(1)
     assert table.column(fset.PREDICTED).to_pylist() == expected.tolist()
     assert table.column(fset.CLASS).to_pylist() == [net.spec["classes"][i] for i in expected]

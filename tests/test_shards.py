@@ -4,7 +4,11 @@ import numpy as np
 import torch
 
 from pipeline import featureset as fset
-from pipeline.shards import FeatureData, epoch_order, in_order
+from pipeline.settings import DataConfig, Preprocess
+from pipeline.shapes import generate_shapes
+from pipeline.shards import FeatureData, ImageData, epoch_order, in_order
+from pipeline.sources import list_items
+from pipeline.surgery import TransferLearning
 
 SHAPES = {"pool": (3,)}
 
@@ -49,3 +53,18 @@ def test_feature_set_shards_partition_the_split(tmp_path):
     assert torch.equal(parts[2].labels, whole.labels[2::3])
     ((inputs, labels),) = whole.batches([torch.tensor([4, 0])], epoch=1, device="cpu")
     torch.testing.assert_close(inputs[0], torch.tensor([[12.0, 13, 14], [0, 1, 2]]))
+
+
+def test_images_run_through_the_prefix_once_and_an_empty_split_gives_no_rows(tmp_path):
+    generate_shapes(tmp_path / "d", per_class=2, size=32)
+    items = list_items(DataConfig(sources=[str(tmp_path / "d")], splits={"train": 1.0}))
+    net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
+    preprocess = Preprocess(**net.spec["preprocess"])
+
+    def once(split):
+        images = ImageData(items.table, split, (0, 1), net, preprocess, None, 10**8, "cpu")
+        return FeatureData.of_images(images, "cpu")
+
+    train, val = once("train"), once("val")
+    assert train.features["pool"].shape == (items.table.num_rows, 16, 1, 1) and len(train) > 0
+    assert val.features["pool"].shape == (0, 16, 1, 1) and len(val) == 0

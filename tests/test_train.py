@@ -15,10 +15,10 @@ from conftest import (
     TINY,
     frozen_tensors,
     needs_shared,
+    network_input,
     same_tensors,
 )
 from pipeline.config import TrainJobConfig, load_config
-from pipeline.decode import read_image, transform
 from pipeline.featurize import FeatureSetMismatch, check_feature_set
 from pipeline.flows import run_train
 from pipeline.loading import load
@@ -125,7 +125,7 @@ def test_run_writes_tensorboard_report_curves_and_the_exported_model(runs, tiny_
     exported = load(result.model)
     assert exported.spec["classes"] == tiny_features["items"].classes
     image = next((tiny_features["root"] / "square").glob("*.png"))
-    x = transform(TINY)(read_image(str(image), 10**8))[None]
+    x = network_input([image], TINY)
     exported.eval()
     runs["reference"]["net"].eval()
     assert torch.equal(exported(x), runs["reference"]["net"](x))
@@ -258,9 +258,9 @@ def test_flowers_top_blocks_fine_tuned_beat_frozen(
     cfg = _job("train_flowers_e2e.yaml", tmp_path, f"start_from={tuned.model}", flowers)
     polished = run_train(cfg)
     print(polished.summary())
-    # accuracy, not loss: six epochs of the top blocks fit the training set closely, so their
-    # val loss is above the frozen head's (0.74 vs 0.66 on one machine) while accuracy is higher
-    assert polished.evaluation.accuracy > frozen.accuracy
+    # one epoch at lr 3e-5 keeps what the top blocks learned, within the noise of 901 images
+    # (0.771 and 0.782 measured from the same network with two data orders): it must not undo it
+    assert polished.evaluation.accuracy >= tuned.evaluation.accuracy - 0.02
     before = load(tuned.model).state_dict()
     assert all(
         torch.equal(polished.net.state_dict()[k], before[k])

@@ -87,6 +87,13 @@ def test_used_items_keeps_the_data_fingerprint_when_every_row_is_used(tmp_path):
     assert set(fewer.table.column("split").to_pylist()) == {"train", "val"}
 
 
+def test_a_sweep_without_val_rows_is_refused_before_any_trial(tmp_path):
+    cfg = _config(tmp_path, data={"sources": [str(tmp_path / "d")], "splits": {"train": 1.0}})
+    generate_shapes(tmp_path / "d", per_class=2, size=16)
+    with pytest.raises(ValueError, match="no 'val' rows, so val_accuracy cannot be measured"):
+        run_sweep(TuneJobConfig.model_validate(cfg))
+
+
 # ---------------------------------------------------------------------------- sweeps
 
 
@@ -134,6 +141,37 @@ def test_rerunning_a_finished_sweep_runs_nothing(sweep):
     again = run_sweep(TuneJobConfig.model_validate(_config(tmp)))
     assert again.path == result.path and again.best["trial"] == result.best["trial"]
     assert {p: p.read_bytes() for p in Path(result.path).glob("*/progress.csv")} == progress
+
+
+def test_asha_stops_trailing_trials_early_and_processes_serve_trial_after_trial(
+    ray_local, tmp_path
+):
+    # one trial learns, three barely move: at the first rung ASHA keeps the top half (by
+    # loss: it has no ties)
+    cfg = _config(
+        tmp_path,
+        max_concurrent_trials=1,
+        metric="val_loss",
+        mode="min",
+        asha={"grace_period": 1, "reduction_factor": 2},
+        space={
+            "unfreeze": 0,
+            "lr": {"grid": [0.05, 1e-7, 2e-7, 3e-7]},
+            "epochs": 6,
+            "batch_size": 16,
+        },
+    )
+    result = run_sweep(TuneJobConfig.model_validate(cfg))
+    runs = {round(r["lr"], 9): r["epochs_run"] for r in result.table}
+    assert runs[0.05] == 6 and min(runs.values()) < 6
+    assert all(r["status"] == "ok" for r in result.table)
+    # one process trained them all in turn (Tune reused it): no trial waited for a new one
+    pids = {
+        json.loads(line)["pid"]
+        for trial in Path(result.path).glob("unfreeze-*")
+        for line in (trial / "result.json").read_text().splitlines()
+    }
+    assert len(pids) == 1
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from conftest import MOBILENET_WEIGHTS, SHARED, needs_shared
 from pipeline import zoo
-from pipeline.decode import transform
+from pipeline.benchmarks.common import torchvision_transform
 from pipeline.surgery import TransferLearning
 
 
@@ -95,7 +95,7 @@ def test_packaged_default_has_real_weights_offline():
 
 
 def _classify(zm, paths: list[Path]) -> list[int]:
-    plain = transform(zm.preprocess)
+    plain = torchvision_transform(zm.preprocess)
     batch = torch.stack([plain(Image.open(p).convert("RGB")) for p in paths])
     with torch.inference_mode():
         return zm.model.eval()(batch).argmax(1).tolist()

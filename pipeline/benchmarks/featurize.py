@@ -1,28 +1,35 @@
-"""Featurizing: the Ray Data pipeline against the loop a PyTorch user writes, and its memory
-for N and 8N images.
+"""Featurizing: the pipeline, run as the job a user runs, against the loop a PyTorch user
+writes, and both against this machine's limit for the model (the frozen prefix alone, on each
+engine, on preprocessed batches already in memory).
 
-Example (the baseline on a small folder):
+The pipeline's rate is wall clock from the job's start (``python -m jobs.featurize``: interpreter,
+imports, Ray start-up, the pass, the manifest) as a user waits; its steady-state rate (after its
+first batch) is printed beside it. Peak memory is PSS over each one's process tree.
 
-    >>> from pathlib import Path
-    >>> from torchvision.datasets import ImageFolder
-    >>> from pipeline.benchmarks.featurize import baseline_featurize
-    >>> from pipeline.settings import Preprocess
+Example (the plain loop on a small folder):
+
+    >>> from pipeline.benchmarks.common import sample_images
+    >>> from pipeline.benchmarks.featurize import plain_loop
     >>> from pipeline.surgery import TransferLearning
     >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
-    >>> rate = baseline_featurize(Path(shapes), ImageFolder(shapes).samples, net,
-    ...                           Preprocess(**net.spec["preprocess"]), batch_size=8, workers=0,
-    ...                           out=tmp / "plain.parquet")
-    >>> rate > 0
+    >>> images = sample_images(Path(shapes), 20, tmp)
+    >>> plain_loop(images, net, batch_size=8, workers=0, out=tmp / "plain.parquet") > 0
     True
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torchvision.datasets import ImageFolder
@@ -31,37 +38,49 @@ from pipeline import featureset as fset
 from pipeline import sources
 from pipeline.benchmarks.common import (
     PeakRSS,
+    Sample,
     gemm_peak_gflops,
-    manifest_of,
-    pick_images,
     prefix_gflop_per_image,
+    sample_images,
+    torchvision_transform,
 )
-from pipeline.decode import transform
-from pipeline.featurize import featurize
-from pipeline.settings import DataConfig, FeaturizeConfig, Preprocess
+from pipeline.engine import build_engine
+from pipeline.featureset import FeatureSet
+from pipeline.graph import TransferNet
+from pipeline.settings import Preprocess
 from pipeline.shapes import SHAPES, generate_shapes
 from pipeline.surgery import TransferLearning
 
 log = logging.getLogger(__name__)
+SUMMARY = re.compile(
+    r"featurize: (\d+) images, (\d+) errors, ([\d.]+) images/s "
+    r"\((?:([\d.]+) steady, )?(\w+)\)"
+)
 
 
-def baseline_featurize(
-    root: Path, samples, net, preprocess: Preprocess, batch_size: int, workers: int, out: Path
+def plain_loop(
+    images: Sample, net: TransferNet, batch_size: int, workers: int, out: Path, device: str = "cpu"
 ) -> float:
-    """The loop a PyTorch user writes: ImageFolder + DataLoader + the prefix + pyarrow."""
-    dataset = ImageFolder(str(root), transform=transform(preprocess))
-    dataset.samples = dataset.imgs = samples
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    prefix, shapes = net.prefix(), net.frontier_shapes()
-    schema = fset.feature_schema(shapes, "float32")
+    """The loop a PyTorch user writes: ImageFolder + DataLoader + the prefix (fp16 autocast
+    on a GPU) + pyarrow; its images/s from the loop's start (DataLoader workers starting
+    included)."""
+    dataset = ImageFolder(
+        str(images.root), transform=torchvision_transform(Preprocess(**net.spec["preprocess"]))
+    )
+    dataset.samples = dataset.imgs = images.samples
     start, n = time.perf_counter(), 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    prefix, shapes = net.prefix().to(device), net.frontier_shapes()
+    schema = fset.feature_schema(shapes, "float32")
     with (
         pq.ParquetWriter(out, schema, compression=fset.COMPRESSION) as writer,
         torch.inference_mode(),
     ):
-        for images, labels in loader:
-            features = {k: v.numpy() for k, v in prefix(images).items()}
-            paths = [p for p, _ in samples[n : n + len(labels)]]
+        for batch, labels in loader:
+            with torch.autocast("cuda", torch.float16, enabled=device == "cuda"):
+                outputs = prefix(batch.to(device))
+            features = {k: v.float().cpu().numpy() for k, v in outputs.items()}
+            paths = [p for p, _ in images.samples[n : n + len(labels)]]
             meta = {
                 fset.ID: [sources.item_id(p) for p in paths],
                 fset.SOURCE: paths,
@@ -74,38 +93,75 @@ def baseline_featurize(
     return n / (time.perf_counter() - start)
 
 
-def featurize_memory_benchmark(
-    model: str, weights: str | None, cut: str, images: int, factor: int, size: int, batch_size: int
+def pipeline_job(
+    manifest: Path, out: Path, model: str, weights: str | None, cut: str, overrides: list[str]
 ) -> dict:
-    """Peak RSS of the pipeline on ``images`` and on ``factor`` times as many generated images
-    (small, so it runs in a minute): streaming keeps it flat."""
-    net = TransferLearning(model, weights=weights).set_feature_extractor(cut).build()
-    preprocess = Preprocess(**dict(net.spec["preprocess"], resize_size=size, crop_size=size))
-    peaks = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        generate_shapes(root, per_class=images * factor // len(SHAPES), size=size)
-        folder = sorted(root.rglob("*.png"))
-        for n in (images, images * factor):
-            manifest = manifest_of(
-                [str(p) for p in folder[:n]],
-                [p.parent.name for p in folder[:n]],
-                Path(tmp) / str(n),
-            )
-            items = sources.list_items(DataConfig(sources=[str(manifest)]))
-            cfg = FeaturizeConfig(
-                out=f"{tmp}/features{n}", batch_size=batch_size, preprocess=preprocess
-            )
-            with PeakRSS() as rss:
-                result = featurize(net, items, cfg)
-            peaks[n] = rss.peak / 2**20
-            log.info(
-                f"{n} images at {size} px: {result.images_per_s:.1f} images/s, "
-                f"peak RSS {peaks[n]:.0f} MiB"
-            )
-    ratio = peaks[images * factor] / peaks[images]
-    log.info(f"peak RSS grows {ratio:.2f}x for {factor}x the images")
-    return {"peak_rss_mb": peaks, "rss_ratio": ratio}
+    """``python -m jobs.featurize`` on ``manifest`` in a fresh process with its own local Ray:
+    its wall time from start to exit, its peak memory, and what its summary line says."""
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.featurize",
+        f"model.name={model}",
+        f"cuts=[{cut}]",
+        f"data.sources=[{manifest}]",
+        f"featurize.out={out}",
+        "ray_address=local",
+        *([f"model.weights={weights}"] if weights else []),
+        *overrides,
+    ]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    start = time.perf_counter()
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    with PeakRSS(job.pid) as rss:
+        output = job.communicate()[0]
+    seconds = time.perf_counter() - start
+    found = SUMMARY.search(output)
+    if job.returncode != 0 or not found:
+        raise RuntimeError(f"the featurize job failed:\n{output[-3000:]}")
+    images = int(found.group(1))
+    return {
+        "images": images,
+        "errors": int(found.group(2)),
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "pass_images_per_s": float(found.group(3)),
+        "steady_images_per_s": float(found.group(4) or 0),
+        "engine": found.group(5),
+        "peak_rss_mb": rss.mib,
+    }
+
+
+def prefix_alone(
+    net: TransferNet, engine: str, batch_size: int, seconds: float = 5.0, device: str = "cpu"
+) -> float:
+    """The frozen prefix on ``engine`` with all the cores (or the GPU), on preprocessed uint8
+    batches already in memory: this machine's limit for the model (images/s)."""
+    preprocess = Preprocess(**net.spec["preprocess"])
+    crop = preprocess.crop_size
+    runner = build_engine(
+        net.prefix(),
+        net.frontier(),
+        preprocess,
+        engine,
+        device=device,
+        threads=len(os.sched_getaffinity(0)),
+        what="the prefix",
+    )
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, 3, crop, crop), np.uint8)
+    runner(batch)  # the first call sets up the runtime's buffers
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        runner(batch)
+        n += batch_size
+    return n / (time.perf_counter() - start)
 
 
 def featurize_benchmark(
@@ -117,72 +173,134 @@ def featurize_benchmark(
     batch_size: int,
     workers: int,
     actors: int,
+    engine: str = "auto",
+    measure_s: float = 5.0,
+    device: str = "cpu",
+    gpu_decode: bool = False,
+    pipeline_batch_size: int | None = None,
 ) -> dict:
-    """Throughput of :func:`pipeline.featurize.featurize` vs the plain loop on the same images,
-    model, resolution and batch size; peak RSS of each; achieved GFLOP/s vs the GEMM peak;
-    float16 vs float32 bytes on disk."""
+    """The pipeline (as a job, with its own batch size unless ``pipeline_batch_size``) vs the
+    plain loop (``batch_size``) on the same images, model and resolution; the prefix alone on
+    each engine; the GEMM peak; peak memory of each; float16 vs float32 bytes on disk. Ends
+    with the ``throughput:`` and ``limit:`` lines."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device=cuda: no CUDA device here (torch.cuda.is_available() is "
+            "False); run it where a GPU is, or with device=cpu"
+        )
     net = TransferLearning(model, weights=weights).set_feature_extractor(cut).build()
-    preprocess = Preprocess(**net.spec["preprocess"])
+    crop = net.spec["preprocess"]["crop_size"]
+    gpu = (
+        ["featurize.actor_gpus=1", f"featurize.gpu_decode={gpu_decode}"] if device == "cuda" else []
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        root = pick_images(data, images, workdir)
-        folder = ImageFolder(str(root))
-        samples = folder.samples[:: max(1, len(folder.samples) // images)][:images]
-        items = sources.list_items(
-            DataConfig(
-                sources=[
-                    str(
-                        manifest_of(
-                            [p for p, _ in samples],
-                            [folder.classes[c] for _, c in samples],
-                            workdir,
-                        )
-                    )
-                ]
-            )
+        work = Path(tmp)
+        sample = sample_images(data, images, work)
+        log.info(
+            f"{len(sample.samples)} images from {sample.root}, {model} cut at {cut!r}, "
+            f"{crop} px, {len(os.sched_getaffinity(0))} CPUs; plain loop batch {batch_size}, "
+            f"pipeline batch {pipeline_batch_size or 'its default'}"
+        )
+        with PeakRSS() as plain_rss:
+            plain = plain_loop(sample, net, batch_size, workers, work / "plain.parquet", device)
+        log.info(
+            f"plain PyTorch loop (DataLoader, {workers} workers): {plain:.1f} images/s, "
+            f"peak memory {plain_rss.mib:.0f} MiB"
+        )
+        job = pipeline_job(
+            sample.manifest,
+            work / "features",
+            model,
+            weights,
+            cut,
+            [
+                *([f"featurize.batch_size={pipeline_batch_size}"] if pipeline_batch_size else []),
+                f"featurize.actors={actors}",
+                f"featurize.engine={engine}",
+                *gpu,
+            ],
         )
         log.info(
-            f"{len(samples)} images from {root}, {model} cut at {cut!r}, "
-            f"{preprocess.crop_size} px, batch {batch_size}"
+            f"pipeline (jobs.featurize, {job['engine']}): {job['images_per_s']:.1f} images/s "
+            f"from the job's start ({job['seconds']:.0f} s, Ray start-up included); "
+            f"{job['steady_images_per_s']:.1f} steady; peak memory "
+            f"{job['peak_rss_mb']:.0f} MiB"
         )
-        with PeakRSS() as rss_base:
-            base_rate = baseline_featurize(
-                root, samples, net, preprocess, batch_size, workers, workdir / "baseline.parquet"
-            )
-        log.info(f"plain PyTorch (DataLoader, {workers} workers): {base_rate:.1f} images/s")
-        cfg = FeaturizeConfig(out=str(workdir / "features"), batch_size=batch_size, actors=actors)
-        with PeakRSS() as rss_ours:
-            result = featurize(net, items, cfg)
-        ours_rate = result.images_per_s
-        log.info(f"pipeline ({actors} actor(s), {cfg.dtype}): {ours_rate:.1f} images/s")
-        # The baseline stored the same rows and columns as float32, in row groups of a batch.
-        half = sum(p.stat().st_size for p in Path(result.feature_sets[0].uri).glob("part-*"))
-        single = (workdir / "baseline.parquet").stat().st_size
+        (feature_set,) = FeatureSet.under(str(work / "features"))
+        half = sum(
+            Path(feature_set.uri, f["name"]).stat().st_size for f in feature_set.manifest["files"]
+        )
+        single = (work / "plain.parquet").stat().st_size
+    alone = {
+        kind: prefix_alone(net, kind, batch_size, measure_s, device)
+        for kind in ("torch", "onnxruntime")
+    }
+    for kind, rate in alone.items():
+        log.info(f"the prefix alone on {kind}: {rate:.1f} images/s")
     gflop = prefix_gflop_per_image(net, tuple(net.spec["input_shape"]))
-    peak = gemm_peak_gflops()
+    gemm = gemm_peak_gflops(seconds=min(2.0, measure_s))
     figures = {
-        "images": len(samples),
-        "baseline_images_per_s": base_rate,
-        "pipeline_images_per_s": ours_rate,
-        "throughput_ratio": ours_rate / base_rate,
-        "baseline_peak_rss_mb": rss_base.peak / 2**20,
-        "pipeline_peak_rss_mb": rss_ours.peak / 2**20,
+        "images": len(sample.samples),
+        "plain_images_per_s": plain,
+        "plain_peak_rss_mb": plain_rss.mib,
+        **{f"pipeline_{k}": v for k, v in job.items()},
+        **{f"prefix_{k}_images_per_s": v for k, v in alone.items()},
         "prefix_gflop_per_image": gflop,
-        "pipeline_gflops": gflop * ours_rate,
-        "gemm_peak_gflops": peak,
+        "gemm_peak_gflops": gemm,
         "float16_over_float32_bytes": half / single,
     }
+    figures["throughput_ratio"] = job["images_per_s"] / plain
+    figures["limit_fraction"] = job["images_per_s"] / alone["onnxruntime"]
     log.info(
-        f"throughput: pipeline {ours_rate:.1f} vs plain {base_rate:.1f} images/s = "
+        f"compute: {gflop:.2f} GFLOP/image; the prefix alone on onnxruntime reaches "
+        f"{gflop * alone['onnxruntime']:.0f} GFLOP/s of a {gemm:.0f} GFLOP/s fp32 GEMM peak"
+    )
+    log.info(
+        f"memory: pipeline {job['peak_rss_mb']:.0f} MiB (its driver and every Ray process) "
+        f"= {job['peak_rss_mb'] / plain_rss.mib:.2f}x the plain loop's"
+    )
+    log.info(f"storage: float16 parts are {half / single:.0%} of float32")
+    log.info(
+        f"throughput: pipeline {job['images_per_s']:.1f} vs plain {plain:.1f} images/s = "
         f"{figures['throughput_ratio']:.2f}x"
     )
     log.info(
-        f"peak RSS: pipeline {figures['pipeline_peak_rss_mb']:.0f} MiB (driver + Ray "
-        f"processes), plain {figures['baseline_peak_rss_mb']:.0f} MiB"
+        f"limit: pipeline at {figures['limit_fraction']:.0%} of the prefix-only onnxruntime rate"
     )
-    log.info(
-        f"compute: {gflop:.2f} GFLOP/image -> {figures['pipeline_gflops']:.1f} GFLOP/s achieved "
-        f"vs {peak:.1f} GFLOP/s fp32 GEMM peak ({figures['pipeline_gflops'] / peak:.0%})"
-    )
-    log.info(f"storage: float16 parts are {figures['float16_over_float32_bytes']:.0%} of float32")
     return figures
+
+
+def featurize_memory_benchmark(
+    model: str, weights: str | None, cut: str, images: int, factor: int, size: int, batch_size: int
+) -> dict:
+    """Peak memory of the featurize job on ``images`` and on ``factor`` times as many generated
+    images (small, so it runs in a minute): streaming keeps it flat."""
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        generate_shapes(work / "images", per_class=images * factor // len(SHAPES), size=size)
+        files = sorted((work / "images").rglob("*.png"))
+        preprocess = json.dumps(
+            {"resize_size": size, "crop_size": size, "mean": [0.5] * 3, "std": [0.5] * 3}
+        )
+        for n in (images, images * factor):
+            manifest = work / f"{n}.csv"
+            manifest.write_text(
+                "path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files[:n])
+            )
+            job = pipeline_job(
+                manifest,
+                work / f"features{n}",
+                model,
+                weights,
+                cut,
+                [f"featurize.batch_size={batch_size}", f"featurize.preprocess={preprocess}"],
+            )
+            peaks[n] = job["peak_rss_mb"]
+            log.info(
+                f"{n} images at {size} px: {job['images_per_s']:.1f} images/s, peak memory "
+                f"{peaks[n]:.0f} MiB"
+            )
+    ratio = peaks[images * factor] / peaks[images]
+    log.info(f"peak memory grows {ratio:.2f}x for {factor}x the images")
+    return {"peak_rss_mb": peaks, "rss_ratio": ratio}

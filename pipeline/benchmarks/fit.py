@@ -24,11 +24,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.datasets import ImageFolder
 
 from pipeline import sources
-from pipeline.benchmarks.common import manifest_of, pick_images
-from pipeline.decode import transform
+from pipeline.benchmarks.common import sample_images, torchvision_transform
 from pipeline.featurize import featurize
 from pipeline.finetune import build_optimizer
 from pipeline.loop import train_epoch
@@ -52,7 +50,7 @@ def baseline_end_to_end_epoch(
 ) -> float:
     """The loop a PyTorch user writes: ImageFolder-style dataset + DataLoader, the frozen prefix
     under no_grad, the head trained; one epoch."""
-    plain = transform(preprocess)
+    plain = torchvision_transform(preprocess)
 
     class Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -97,21 +95,9 @@ def fit_benchmark(
     config = FineTuneConfig(optimizer="adamw", lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        folder = ImageFolder(str(pick_images(data, images, workdir)))
-        samples = folder.samples[:: max(1, len(folder.samples) // images)][:images]
-        items = sources.list_items(
-            DataConfig(
-                sources=[
-                    str(
-                        manifest_of(
-                            [p for p, _ in samples],
-                            [folder.classes[c] for _, c in samples],
-                            workdir,
-                        )
-                    )
-                ]
-            )
-        )
+        sample = sample_images(data, images, workdir)
+        samples = sample.samples
+        items = sources.list_items(DataConfig(sources=[str(sample.manifest)]))
         torch.manual_seed(0)
         net = (
             TransferLearning(model, weights=weights)

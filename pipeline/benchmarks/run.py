@@ -45,15 +45,26 @@ class BenchmarkConfig(Settings):
     images: int | None = Field(
         None, gt=0, description="default: all (featurize), 250 (featurize-memory), 512 (fit, sweep)"
     )
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(
+        64, gt=0, description="the baseline's batch (and the fit and sweep benchmarks')"
+    )
+    pipeline_batch_size: int | None = Field(
+        None, gt=0, description="featurize: the pipeline's batch (default: the job's own)"
+    )
     workers: int = Field(2, ge=0, description="the baseline's DataLoader workers")
     actors: int = Field(1, gt=0)
+    engine: str = Field("auto", description="featurize: the pipeline's engine")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="featurize: cuda runs the actors, the plain loop and the prefix on a GPU"
+    )
+    gpu_decode: bool = Field(False, description="featurize on cuda: decode JPEGs on the GPU")
     factor: int = Field(8, gt=1, description="featurize-memory: the larger run's multiple")
     size: int = Field(64, ge=16, description="featurize-memory: generated image size")
     out: str = Field("runs/benchmark", description="where the log goes")
     ray_address: str | None = Field(
         "local",
-        description="default: a new local Ray, so start-up is measured as a user waits for it",
+        description="fit, sweep: the Ray this process joins (featurize runs the job "
+        "in a fresh process with a local Ray of its own, as a user would)",
     )
 
     def image_count(self) -> int:
@@ -67,13 +78,28 @@ class BenchmarkConfig(Settings):
     def output_root(self) -> str:
         return self.out
 
+    def needs_ray(self) -> bool:
+        """Whether this process starts Ray (featurize runs its pipeline as a job of its own)."""
+        return self.what in ("fit", "sweep")
+
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Measure ``cfg.what``; returns its figures (they are logged as they are measured)."""
     weights, images = cfg.model_weights(), cfg.image_count()
     if cfg.what == "featurize":
         return featurize.featurize_benchmark(
-            cfg.data, cfg.model, weights, cfg.cut, images, cfg.batch_size, cfg.workers, cfg.actors
+            cfg.data,
+            cfg.model,
+            weights,
+            cfg.cut,
+            images,
+            cfg.batch_size,
+            cfg.workers,
+            cfg.actors,
+            engine=cfg.engine,
+            device=cfg.device,
+            gpu_decode=cfg.gpu_decode,
+            pipeline_batch_size=cfg.pipeline_batch_size,
         )
     if cfg.what == "featurize-memory":
         return featurize.featurize_memory_benchmark(
