@@ -7,17 +7,20 @@ import argparse
 import gc
 import importlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import ray
 from pydantic import BaseModel
 
-from pipeline import logs
-from pipeline.config import load_config
+from pipeline import logs, preflight
+from pipeline.config import labelled, load_config
+from pipeline.settings import ConfigError
 
 log = logging.getLogger("pipeline.jobs")
 
@@ -53,17 +56,28 @@ def parse(
         parser.add_argument(f"--{flag}", help=f"same as {flag}=VALUE")
     parser.add_argument("overrides", nargs="*", help=f"key=value, e.g. {example}")
     args = parser.parse_intermixed_args(argv)
+    opts = Options(args.verbose, args.dashboard)
     shorthand = [f"{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
-    cfg = load_config(kind, args.config, args.overrides + shorthand)
-    return cfg, Options(args.verbose, args.dashboard)
+    try:
+        cfg = load_config(kind, args.config, args.overrides + shorthand)
+    except ConfigError as e:
+        _refuse(e, opts)
+    if args.config:  # runs start with the config's name: runs/train/train_flowers-1a2b...
+        cfg = labelled(cfg, Path(args.config).stem)
+    return cfg, opts
 
 
 def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bool = True):
-    """Log to ``<output root>/logs/<job>-<time>.log``, start or join Ray (unless ``ray_`` is
-    false), run ``flow(cfg)``; ``flow`` is ``"module:function"``, imported while Ray starts."""
+    """Check ``cfg`` (:mod:`pipeline.preflight`), log to ``<output root>/logs/<job>-<time>.log``,
+    start or join Ray (unless ``ray_`` is false), run ``flow(cfg)``; ``flow`` is
+    ``"module:function"``, imported while the checks run and Ray starts."""
+    function = _Import(flow)
+    try:
+        preflight.check(cfg)
+    except ConfigError as e:
+        _refuse(e, opts)
     path = logs.setup(_log_file(job, cfg.output_root()), opts.verbose, divert_stderr=True)
     log.info("%s: full log in %s", job, path)
-    function = _Import(flow)
     if ray_:
         start_ray(cfg.ray_address, opts)
     result = function.get()(cfg)
@@ -71,6 +85,15 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     # `import torchvision` exits in 1.2 s, frozen in 0.2 s); the process ends right after this.
     gc.freeze()
     return result
+
+
+def _refuse(error: ConfigError, opts: Options) -> NoReturn:
+    """A config that cannot work: one line and exit status 2 (argparse's for bad usage), before
+    anything started; ``-v`` shows the traceback instead."""
+    if opts.verbose:
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class _Import(threading.Thread):

@@ -28,5 +28,6 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, KeyError) as e:  # an unknown model, weights or node: one line
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # an unknown model, weights or node (UnknownNodeError too): one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

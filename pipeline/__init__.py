@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
@@ -68,6 +70,20 @@ _EXPORTS = {
 _RENAMED = {"register_model": "register"}
 
 __all__ = sorted(_EXPORTS)
+
+
+class _Surface(types.ModuleType):
+    """The import system sets every submodule on its package once loaded, so importing
+    ``pipeline.featurize`` or ``pipeline.predict`` would replace the exported functions of the
+    same names with the modules (``from pipeline import featurize`` would give a module)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return  # the module stays reachable in sys.modules and by ``from ... import``
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Surface
 
 
 def __getattr__(name: str):

@@ -38,6 +38,7 @@ from pipeline.actors import PrefixModel
 from pipeline.decode import DECODER, GPU_DECODER
 from pipeline.featureset import ID, SPLIT, FeatureSet
 from pipeline.graph import SurgeryError, TransferNet
+from pipeline.runs import absolute_uri
 from pipeline.settings import FeaturizeConfig, Preprocess
 from pipeline.sources import Items
 from pipeline.stages import Pass, PassStats, prepare_engine, run_pass
@@ -140,6 +141,7 @@ def featurize(
 
     Needs a running Ray (the caller's ``ray.init``). Complete feature sets are reused; unfinished
     ones are completed without redoing finished rows."""
+    cfg = cfg.model_copy(update={"out": absolute_uri(cfg.out)})
     targets = plan(net, items, cfg, cuts)
     done = {t.uri: _open_complete(t.uri) for t in targets}
     pending = [t for t in targets if done[t.uri] is None]

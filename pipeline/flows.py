@@ -16,8 +16,6 @@ Example (needs a running Ray):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ from pipeline.featurize import FeaturizeResult, featurize
 from pipeline.loading import from_files, load
 from pipeline.networks import build_network
 from pipeline.predict import accuracy, predict, read_predictions
+from pipeline.runs import absolute_uri, default_name, mark_latest
 from pipeline.settings import NetworkConfig
 from pipeline.sources import Items, list_items
 from pipeline.surgery import TransferLearning
@@ -80,7 +79,7 @@ def run_sweep(cfg: TuneJobConfig) -> SweepResult:
     interrupted sweep of the same name), then write the table, the plots, the best network and
     the report."""
     from pipeline.sweep_results import sweep_outputs
-    from pipeline.train import absolute_uri, check_rows
+    from pipeline.train import check_rows
     from pipeline.tune import plan_sweep, run_trials, used_items
 
     start = time.perf_counter()
@@ -113,15 +112,17 @@ def run_sweep(cfg: TuneJobConfig) -> SweepResult:
     )
     out = sweep_outputs(sweep, plan, run_trials(sweep, plan), cfg.test_splits())
     out.featurize_seconds, out.seconds = featurize_seconds, time.perf_counter() - start
+    mark_latest(absolute_uri(cfg.storage), name)
     log.info(out.summary())
     return out
 
 
 def sweep_name(cfg: TuneJobConfig, items: Items) -> str:
-    """The default sweep name: a hash of every setting that changes the result and of the data,
-    so re-running the same sweep resumes it and changing anything starts a new one."""
+    """The default sweep name: ``<label>-<hash>`` of every setting that changes the result and
+    of the data, so re-running the same sweep resumes it and changing anything starts a new
+    one."""
     settings = cfg.model_dump(
-        mode="json", exclude={"name", "storage", "ray_address", "max_concurrent_trials"}
+        mode="json",
+        exclude={"name", "label", "storage", "ray_address", "max_concurrent_trials"},
     )
-    digest = hashlib.sha256(json.dumps([settings, items.fingerprint], sort_keys=True).encode())
-    return f"{cfg.preset}-{digest.hexdigest()[:12]}"
+    return default_name(cfg.label or cfg.preset, [settings, items.fingerprint])

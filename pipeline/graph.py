@@ -38,6 +38,7 @@ from torchvision.models.feature_extraction import NodePathTracer
 
 from pipeline import graphspec
 from pipeline.graphspec import QUAL, qual
+from pipeline.summary import Summary
 
 SPEC_FORMAT = 1
 
@@ -142,16 +143,27 @@ class TransferNet(fx.GraphModule):
         return found
 
     def unknown_message(self, name: str) -> str:
-        """Why ``name`` is not a node: the closest names and every valid one."""
+        """Why ``name`` is not a node, in a line: the closest names, then every valid name when
+        there are few, else the natural blocks and where to see them all."""
+        valid = self.nodes()
+        close = self.closest(name)
+        text = f"no node named {name!r}" + (
+            f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+        )
+        if len(valid) <= 40:
+            return text + f" Valid names, in topological order: {', '.join(valid)}."
+        model = (self.spec.get("base") or {}).get("model")
+        listing = f"python -m jobs.inspect --model {model}" if model else "net.nodes()"
+        return (
+            text + f" Blocks (a module path selects every node inside it): "
+            f"{', '.join(self.blocks())}; {listing} lists all {len(valid)} nodes."
+        )
+
+    def closest(self, name: str, n: int = 3) -> list[str]:
+        """The ``n`` node names or module paths most like ``name`` (a typo's likely fix)."""
         valid = self.nodes()
         paths = sorted({q.rsplit(".", i)[0] for q in valid for i in range(1, q.count(".") + 1)})
-        close = difflib.get_close_matches(name, valid + paths, n=3)
-        return (
-            f"no node named {name!r}"
-            + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ".")
-            + f" Valid names, in topological order: {', '.join(valid)}."
-            + " A module path such as 'features.3' selects every node inside it."
-        )
+        return difflib.get_close_matches(name, valid + paths, n=n)
 
     def inputs_of(self, name: str) -> list[str]:
         """Names of the nodes that feed node ``name``."""
@@ -345,6 +357,11 @@ class TransferNet(fx.GraphModule):
         return self
 
     # ------------------------------------------------------------------ checks
+
+    def summary(self) -> Summary:
+        """What the network is made of (DL4J's ``summary()``): every node with its output
+        shape and parameters, the blocks, the frozen set's frontier, the preprocessing."""
+        return Summary.of(self)
 
     def check_shapes(self) -> None:
         """Run a zero batch of ``spec['input_shape']`` through the graph, recording each node's

@@ -27,13 +27,14 @@ from safetensors.torch import load as load_tensors
 
 from pipeline import graphspec, zoo
 from pipeline.graph import SPEC_FORMAT, SurgeryError, TransferNet
+from pipeline.runs import resolve_latest
 from pipeline.surgery import TransferLearning
 
 
 def load(path: str) -> TransferNet:
     """Rebuild a saved network: base architecture and replayed ops (or its saved graph),
-    tensors loaded strictly."""
-    fs, root = fsspec.core.url_to_fs(path)
+    tensors loaded strictly. A ``latest`` pointer in ``path`` is followed."""
+    fs, root = fsspec.core.url_to_fs(resolve_latest(path))
     try:
         files = {name: fs.cat_file(f"{root}/{name}") for name in ("spec.json", "model.safetensors")}
     except FileNotFoundError as e:

@@ -34,6 +34,7 @@ from pipeline.actors import Predictor
 from pipeline.featureset import ID, FeatureSet
 from pipeline.featurize import check_feature_set
 from pipeline.graph import TransferNet
+from pipeline.runs import absolute_uri
 from pipeline.settings import PredictConfig, Preprocess
 from pipeline.sources import Items
 from pipeline.stages import Pass, prepare_engine, run_pass
@@ -60,6 +61,8 @@ def predict(
     """Classify every item with ``net`` (the assembled network) on Ray Data; returns the output
     directory. ``classes`` defaults to those the network was trained on, else the items'."""
     cfg = cfg or PredictConfig()
+    # the writers run in their node's directory, not this process's
+    cfg = cfg.model_copy(update={"out": absolute_uri(cfg.out)})
     classes = classes or net.spec.get("classes") or items.classes
     preprocess = Preprocess(**net.spec["preprocess"])
     identity = dict(_identity(net, items), classes=classes)

@@ -20,6 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Engine = Literal["auto", "torch", "onnxruntime"]
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work, in one line: the field, the value, what to do instead.
+    Jobs print it as ``error: <field>: <message>`` and exit 2, before Ray starts."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
 class Settings(BaseModel):
     """Unknown keys are errors, so a typo never silently keeps a default."""
 
@@ -248,7 +257,12 @@ class TrainConfig(Settings):
     name: str | None = Field(
         None,
         description="run name; re-running the same name resumes the "
-        "run. Default: a hash of the net, data and config",
+        "run. Default: <label>-<hash of the net, data and config>",
+    )
+    label: str | None = Field(
+        None,
+        description="readable start of the default run name; jobs set it to the config "
+        "file's stem. Default: the model's name",
     )
     storage: str = Field(
         "runs/train",

@@ -7,10 +7,12 @@ Example:
     >>> from pipeline.surgery import TransferLearning
     >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
     >>> s = net.summary()
-    >>> s.frontier, [r.name for r in s.rows][:3], s.blocks
-    ({'pool': (16, 1, 1)}, ['x', 'features.0', 'features.1'], ['features', 'fc1'])
+    >>> s.frontier, [r.name for r in s.rows][:3]
+    ({'pool': (16, 1, 1)}, ['x', 'features.0.0', 'features.0.1'])
+    >>> s.blocks
+    ['features.0', 'features.1', 'fc1']
     >>> print(s.text().splitlines()[0])
-    tiny:cnn: input (3, 32, 32), 2,245 parameters (464 frozen), 8 nodes
+    tiny:cnn: input (3, 32, 32), 2,314 parameters (1,440 frozen), 13 nodes
 """
 
 from __future__ import annotations

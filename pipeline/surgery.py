@@ -98,7 +98,11 @@ class TransferLearning:
     ``model``: a zoo name (``"torchvision:resnet18"``; ``weights=`` and constructor kwargs are
     passed to :func:`pipeline.zoo.load_model`), a :class:`~pipeline.zoo.ZooModel`, a built
     :class:`TransferNet` (to edit further) or any ``nn.Module`` (give ``input_shape`` for shape
-    checks). The builder edits a copy; ``in_place=True`` edits the given modules themselves.
+    checks). The builder edits a copy. ``in_place=True`` edits the given model itself: the
+    frozen layers are frozen in it and a replaced layer (``n_out_replace``, ``n_in_replace``)
+    is replaced in it too; edits that change the wiring (add, insert, remove vertices,
+    ``set_outputs``) exist only in the built :class:`TransferNet`, since the model's own
+    ``forward`` is Python code the builder cannot rewrite.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class TransferLearning:
     ):
         self._ops: list[dict] = []
         self._depth = 0  # ops calling ops record only the outermost call
+        self._in_place = model if in_place and isinstance(model, nn.Module) else None
         if isinstance(model, str):
             model = zoo.load_model(model, weights, **zoo_kwargs)
         if isinstance(model, TransferNet):
@@ -135,6 +140,7 @@ class TransferLearning:
             )
             leaf_modules = tuple(leaf_modules) + model.leaf_modules
             model = model.model
+            self._in_place = model if in_place else None
         self._net = trace(model if in_place else copy.deepcopy(model), leaf_modules)
         self._net.spec = spec
         self._fine_tune = FineTuneConfig()
@@ -187,6 +193,10 @@ class TransferLearning:
 
     def _set_module(self, node: fx.Node, module: nn.Module) -> None:
         self._net.add_submodule(node.target, module)
+        # the traced graph holds the model's layers in containers of its own: replace the
+        # layer in the given model too, or in_place would leave it the old layer
+        if self._in_place is not None and self._in_place is not self._net:
+            self._in_place.set_submodule(node.target, module)
 
     # ------------------------------------------------------------------ DL4J ops
 

@@ -19,10 +19,8 @@ Example (needs a running Ray):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from pipeline.graph import TransferNet
 from pipeline.logs import Progress
 from pipeline.loop import WorkerSpec, epoch_line, train_worker
 from pipeline.metrics import Evaluation
+from pipeline.runs import absolute_uri, default_name, mark_latest
 from pipeline.settings import Preprocess, TrainConfig
 from pipeline.shards import FeatureInput, ImageInput
 from pipeline.sources import Items
@@ -123,20 +122,15 @@ def check_rows(train: int, val: int, cfg: TrainConfig, where: str) -> None:
         )
 
 
-def absolute_uri(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
 def run_name(net: TransferNet, data_identity: str, cfg: TrainConfig) -> str:
-    """The default run name: a hash of the network (spec and weights), the data and every setting
-    that changes the result, so changing any of them starts a new run instead of resuming."""
+    """The default run name: ``<label>-<hash>``, the hash of the network (spec and weights), the
+    data and every setting that changes the result, so changing any of them starts a new run
+    instead of resuming."""
     spec = json.loads(net.to_files()["spec.json"])
-    settings = cfg.model_dump(
-        mode="json", exclude={"name", "storage", "max_failures", "fail_after_epoch"}
-    )
-    digest = hashlib.sha256(json.dumps([spec, data_identity, settings], sort_keys=True).encode())
+    unchanged = {"name", "label", "storage", "max_failures", "fail_after_epoch"}
+    settings = cfg.model_dump(mode="json", exclude=unchanged)
     model = str((net.spec.get("base") or {}).get("model", "net")).replace(":", "_")
-    return f"{model}-{digest.hexdigest()[:12]}"
+    return default_name(cfg.label or model, [spec, data_identity, settings])
 
 
 def torch_trainer(
@@ -219,6 +213,7 @@ def _fit(
     )
     out.model = f"{run_dir}/model"
     net.save(out.model)
+    mark_latest(storage, name)
     log.info(out.summary())
     return out
 

@@ -21,6 +21,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import fsspec
 import torch
@@ -74,7 +75,48 @@ class ZooModel:
 
 
 class ZooError(ValueError):
-    """A model name or weights reference that cannot be resolved."""
+    """A model name or weights reference that cannot be resolved; ``field`` says which
+    (``name`` or ``weights``)."""
+
+    def __init__(self, message: str, field: str = "name"):
+        super().__init__(message)
+        self.field = field
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def check_weights(name: str, weights: str | None) -> None:
+    """Refuse, loading nothing, weights that cannot resolve: a name that is not one of the
+    architecture's torchvision weights (those listed), or a local file that does not exist."""
+    if weights in (None, "hub", PACKAGED):
+        return
+    family, _, arch = name.partition(":")
+    names = []
+    if family == "torchvision" and arch:
+        names = list(torchvision.models.get_model_weights(arch).__members__)
+        if weights in names:
+            return
+    looks_like_path = "/" in weights or "\\" in weights or weights.endswith(WEIGHT_SUFFIXES)
+    if looks_like_path:
+        if "://" not in weights or weights.startswith("file://"):
+            local = Path(weights.removeprefix("file://"))
+            if not local.is_file():
+                raise ZooError(f"weights file {str(local.resolve())!r} does not exist", "weights")
+        return
+    if names:
+        close = difflib.get_close_matches(weights, names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ZooError(
+            f"{weights!r} is neither a file nor a weights name of {name}; {hint}"
+            f"its names: {', '.join(names)}",
+            "weights",
+        )
+    raise ZooError(
+        f"{weights!r} is not a weights file (no such path, no {', '.join(WEIGHT_SUFFIXES)} "
+        f"suffix); {name} takes a state_dict path or URI" + (", or 'hub'" * (family == "timm")),
+        "weights",
+    )
 
 
 # --------------------------------------------------------------------------- weights
@@ -122,14 +164,30 @@ def load_weights(model: nn.Module, uri: str) -> str:
 # --------------------------------------------------------------------------- families
 
 
-def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, [*_REGISTRY, "default"], n=3)
+    if ":" not in name and name in torchvision.models.list_models(module=torchvision.models):
+        close.insert(0, f"torchvision:{name}")
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown model {name!r}; {hint}valid: {', '.join(['default', *available()])}"
+
+
+def _torchvision_arch(arch: str):
+    """The weights enum of torchvision architecture ``arch`` (every classifier has one)."""
     try:
-        enum = torchvision.models.get_model_weights(arch)
+        return torchvision.models.get_model_weights(arch)
     except ValueError as e:
         valid = torchvision.models.list_models(module=torchvision.models)
+        close = difflib.get_close_matches(arch, valid, n=3)
+        hint = f"did you mean {' or '.join(f'torchvision:{c}' for c in close)}? " if close else ""
         raise ZooError(
-            f"unknown torchvision model {arch!r}; closest: {difflib.get_close_matches(arch, valid)}"
+            f"unknown torchvision model {arch!r}; {hint}"
+            "torchvision.models.list_models() lists them all"
         ) from e
+
+
+def _torchvision(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
+    enum = _torchvision_arch(arch)
     # The enum describes the preprocessing even when the tensors come from elsewhere.
     preprocess = _from_tv_transforms(list(enum)[0].transforms())
     digest = None
@@ -166,10 +224,9 @@ def _timm(arch: str, weights: str | None, kwargs: dict) -> ZooModel:
     import timm  # heavy (~2 s): imported only when a timm model is asked for
 
     if arch not in timm.list_models():
-        raise ZooError(
-            f"unknown timm model {arch!r}; "
-            f"closest: {difflib.get_close_matches(arch, timm.list_models(), n=5)}"
-        )
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"did you mean {' or '.join(f'timm:{c}' for c in close)}? " if close else ""
+        raise ZooError(f"unknown timm model {arch!r}; {hint}timm.list_models() lists them all")
     torch.manual_seed(kwargs.pop("seed", 0))
     model = timm.create_model(arch, pretrained=weights == "hub", **kwargs)
     digest = load_weights(model, weights) if weights and weights != "hub" else None
@@ -348,6 +405,9 @@ def load_model(
     if name == "default":
         name, weights = DEFAULT_MODEL, weights or PACKAGED
     family, _, arch = name.partition(":")
+    if family == "torchvision" and arch:
+        _torchvision_arch(arch)
+    check_weights(name, weights)
     if name in _REGISTRY:
         zm = _REGISTRY[name](weights, kwargs)
     elif family == "torchvision" and arch:
@@ -355,9 +415,6 @@ def load_model(
     elif family == "timm" and arch:
         zm = _timm(arch, weights, kwargs)
     else:
-        raise ZooError(
-            f"unknown model {name!r}; valid: {available()}; "
-            f"closest: {difflib.get_close_matches(name, list(_REGISTRY))}"
-        )
+        raise ZooError(_unknown(name))
     zm.name, zm.kwargs, zm.weights = name, saved_kwargs, weights
     return zm.at_size(image_size) if image_size else zm

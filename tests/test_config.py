@@ -15,6 +15,7 @@ from pipeline.config import (
     load_config,
     reference,
 )
+from pipeline.settings import ConfigError
 
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 KINDS = {
@@ -23,6 +24,7 @@ KINDS = {
     "train": TrainJobConfig,
     "predict": PredictJobConfig,
     "tune": TuneJobConfig,
+    "own": TrainJobConfig,  # own_data.yaml: the template for one's own images
 }
 
 
@@ -46,6 +48,28 @@ def test_overrides_reach_nested_fields_and_typos_are_refused():
             str(REPO / "jobs/configs/featurize_flowers.yaml"),
             ["featurize.dtyp=float32"],
         )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.epoch=5"], "train.epoch: unknown key; did you mean train.epochs"),
+        (["epochs=5"], "epochs: unknown key; did you mean train.epochs?"),
+        (["data.sources=[{uri: x, spilt: val}]"], "data.sources[0].spilt: unknown key; did you "),
+        (["train.epochs=many"], "train.epochs: Input should be a valid integer"),
+        (["train.epochs"], "train.epochs: an override must look like key=value"),
+    ],
+)
+def test_config_mistakes_are_one_line_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainJobConfig, str(REPO / "jobs/configs/own_data.yaml"), overrides)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_missing_config_file_is_shown_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"--config: {tmp_path / 'nope.yaml'} does not exist"):
+        load_config(TrainJobConfig, "nope.yaml", [])
 
 
 def test_partial_sections_keep_their_configured_defaults():

@@ -73,6 +73,20 @@ def test_in_place_freezes_the_given_model():
     assert net.get_submodule("fc2") is model.fc2
 
 
+def test_in_place_replaces_layers_in_the_given_model_but_rewires_only_the_net():
+    model = zoo.TinyCNN()
+    net = (
+        TransferLearning(model, in_place=True, input_shape=(3, 32, 32))
+        .set_feature_extractor("features")
+        .n_out_replace("fc2", 3)
+        .insert_layer("extra", nn.ReLU(), after="fc1", init="xavier")
+        .build()
+    )
+    assert model.fc2.out_features == 3 and net.get_submodule("fc2") is model.fc2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert "extra" in net.nodes() and not hasattr(model, "extra")
+
+
 # --------------------------------------------------------------------------- frontier
 
 

@@ -18,12 +18,13 @@ from conftest import (
     network_input,
     same_tensors,
 )
-from pipeline.config import TrainJobConfig, load_config
+from pipeline.config import PredictJobConfig, TrainJobConfig, load_config
 from pipeline.featurize import FeatureSetMismatch, check_feature_set
-from pipeline.flows import run_train
+from pipeline.flows import run_predict, run_train
 from pipeline.loading import load
 from pipeline.loop import accuracy_from_features
 from pipeline.networks import build_network
+from pipeline.predict import accuracy, read_predictions
 from pipeline.settings import AugmentConfig, FineTuneConfig, TrainConfig
 from pipeline.train import fit, fit_featurized
 
@@ -198,9 +199,12 @@ def _job(config: str, tmp_path, *overrides):
 @pytest.mark.shared
 @needs_shared(SHARED / "data" / "hymenoptera", MOBILENET_WEIGHTS)
 @pytest.mark.timeout(900)
-def test_hymenoptera_frozen_features_reach_95_percent(hymenoptera_features, tmp_path, ray_local):
+def test_hymenoptera_frozen_features_reach_95_percent_and_predict_yaml_works_as_shipped(
+    hymenoptera_features, tmp_path, ray_local, monkeypatch
+):
     hymenoptera = SHARED / "data" / "hymenoptera"
     cached = hymenoptera_features.feature_sets[0]
+    monkeypatch.chdir(tmp_path)  # runs/train below is where both shipped configs point
     cfg = _job(
         "train_hymenoptera.yaml",
         tmp_path,
@@ -208,11 +212,21 @@ def test_hymenoptera_frozen_features_reach_95_percent(hymenoptera_features, tmp_
         f"{{uri: {hymenoptera / 'train'}, split: train}}, "
         f"{{uri: {hymenoptera / 'val'}, split: val}}]",
         f"featurize.out={cached.uri.rsplit('/', 1)[0]}",
+        "train.storage=runs/train",
     )
     result = run_train(cfg)
     print(result.summary())
     assert result.evaluation.n == 153
     assert result.evaluation.accuracy >= 0.95
+    shipped = load_config(
+        PredictJobConfig,
+        str(REPO / "jobs" / "configs" / "predict_hymenoptera.yaml"),
+        [f"data.sources=[{{uri: {hymenoptera / 'val'}, split: val}}]"],  # ../shared from here
+    )
+    assert shipped.model == "runs/train/latest/model"
+    table = read_predictions(run_predict(shipped))
+    # the whole network on images vs the head on float16 features: an image may tip over
+    assert table.num_rows == 153 and abs(accuracy(table) - result.evaluation.accuracy) <= 2 / 153
 
 
 @pytest.fixture(scope="module")
