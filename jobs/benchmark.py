@@ -4,6 +4,8 @@ python -m jobs.benchmark featurize [--images N] [--data DIR] [key=value ...]
 python -m jobs.benchmark featurize-memory [--images N] [factor=8]
 python -m jobs.benchmark fit [--images N] [cut=flatten] [head=classifier.1]
 python -m jobs.benchmark sweep [--images N] [trials=8] [epochs=5]
+python -m jobs.benchmark listing [--images N] [factor=20]
+python -m jobs.benchmark scale [--images N] [epochs=1]
 """
 
 import sys

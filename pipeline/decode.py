@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.featureset import ID, LABEL, SOURCE, SPLIT, VIEW
 from pipeline.settings import AugmentConfig, Preprocess
+from pipeline.stores import fetch, is_member
 
 DECODER = "pil-draft-1"  # in feature-set identities: how pixels were decoded
 ERROR = "error"  # in-flight column: why a row's image could not be read ("" when it could)
@@ -56,18 +57,29 @@ class BadImage(ValueError):
     """An input that is not a readable image; the reason goes to ``_errors.parquet``."""
 
 
-def read_image(source: str, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def read_image(
+    source: str, max_pixels: int, min_side: int | None = None, data: bytes | None = None
+) -> Image.Image:
     """Read and decode one image as RGB, upright per its EXIF orientation. ``min_side``: the
     shortest side the caller will resize to; a JPEG much larger than that is decoded at a
-    reduced scale (1/2, 1/4 or 1/8, still at least ``min_side``)."""
-    return decode_image(*open_image(source, max_pixels), min_side)
+    reduced scale (1/2, 1/4 or 1/8, still at least ``min_side``). ``data``: see
+    :func:`open_image`."""
+    return decode_image(*open_image(source, max_pixels, data), min_side)
 
 
-def open_image(source: str, max_pixels: int) -> tuple[Image.Image, bytes]:
-    """Read a file and parse its header (not its pixels): the lazily opened image and the
-    bytes, or :class:`BadImage` saying why it is not a usable image."""
-    with fsspec.open(source, "rb") as f:
-        data = f.read()
+def open_image(
+    source: str, max_pixels: int, data: bytes | Exception | None = None
+) -> tuple[Image.Image, bytes]:
+    """Read a file (unless its bytes, or why they could not be read, are given: a shard
+    member's, :func:`pipeline.stores.fetch`) and parse its header (not its pixels): the lazily
+    opened image and the bytes, or :class:`BadImage` saying why it is not a usable image."""
+    if data is None and is_member(source):  # one member alone: its shard read for it
+        data = fetch([source])[source]
+    if isinstance(data, Exception):
+        raise data
+    if data is None:
+        with fsspec.open(source, "rb") as f:
+            data = f.read()
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -194,10 +206,11 @@ def decode_batch(
         rows[IMAGE].append(image)
         rows[BYTES].append(encoded)
 
+    fetched = fetch(list(batch[SOURCE]))  # shard members: each shard read once for the batch
     for item in zip(*(list(batch[k]) for k in (ID, SOURCE, LABEL, SPLIT))):
         extra = views if item[3] in augment.splits else 0
         try:
-            opened, data = open_image(item[1], max_pixels)
+            opened, data = open_image(item[1], max_pixels, fetched.get(item[1]))
             if gpu_jpeg and not extra and opened.format == "JPEG":
                 add(item, 0, "", blank, data)
                 continue

@@ -48,6 +48,7 @@ ITEM_SCHEMA = pa.schema(
 META_SCHEMA = ITEM_SCHEMA.append(pa.field(VIEW, pa.int16()))
 ERROR_SCHEMA = ITEM_SCHEMA.append(pa.field(REASON, pa.string()))
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+UNLABELED = -1  # a null label (an image from a source without labels) on its way through NumPy
 # Predictions (pipeline.predict) are rows of the same directory format: metadata plus these.
 PREDICTED, CLASS, PROBABILITIES = "predicted", "class", "probabilities"
 COMPRESSION = "zstd"  # smaller than snappy on features, and read by every Parquet reader
@@ -88,7 +89,7 @@ def to_table(
     meta: dict[str, np.ndarray], features: dict[str, np.ndarray], schema: pa.Schema
 ) -> pa.Table:
     """Rows of metadata and per-node feature arrays ``(n, *shape)`` as a table of ``schema``."""
-    columns = [pa.array(np.asarray(meta[f.name]), type=f.type) for f in META_SCHEMA]
+    columns = [meta_array(meta[f.name], f) for f in META_SCHEMA]
     for field in schema:
         if field.name in features:
             array = np.ascontiguousarray(
@@ -96,6 +97,18 @@ def to_table(
             )
             columns.append(pa.FixedShapeTensorArray.from_numpy_ndarray(array))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def meta_array(values, field: pa.Field) -> pa.Array:
+    """A metadata column from NumPy: a label of :data:`UNLABELED` becomes null."""
+    values = np.asarray(values)
+    mask = values == UNLABELED if field.name == LABEL else None
+    return pa.array(values, type=field.type, mask=mask)
+
+
+def labels_of(table: pa.Table) -> np.ndarray:
+    """The label column as int64, :data:`UNLABELED` where null."""
+    return pc.fill_null(table.column(LABEL), UNLABELED).to_numpy().astype(np.int64)
 
 
 def fingerprint(identity: dict) -> str:
@@ -339,7 +352,7 @@ class FeatureSet:
             array = table.column(name).combine_chunks().to_numpy_ndarray()
             tensor = torch.from_numpy(np.array(array))  # a writable copy
             features[name] = tensor.to(dtype) if dtype is not None else tensor
-        labels = torch.from_numpy(table.column(LABEL).to_numpy().astype(np.int64))
+        labels = torch.from_numpy(labels_of(table))
         return features, labels
 
     def _read(self, name: str, columns: list[str]) -> pa.Table:
@@ -379,6 +392,29 @@ class FeatureSet:
         return table.take(pa.array(mine, pa.int64())).append_column(
             "_pos", pa.array(np.arange(len(mine)), pa.int64())
         )
+
+    def rows_per_file(self, split: str | None = None, plain: bool = False) -> list[int]:
+        """Rows of ``split`` (view 0 only when ``plain``) in each part file, in ``paths``'
+        order, from the key columns."""
+        counts = []
+        for f in self.manifest["files"]:
+            table = self._read(f["name"], [SPLIT, VIEW])
+            if split is not None:
+                table = table.filter(pc.equal(table.column(SPLIT), split))
+            if plain:
+                table = table.filter(pc.equal(table.column(VIEW), 0))
+            counts.append(table.num_rows)
+        return counts
+
+    def unlabeled(self, split: str | None = None) -> int:
+        """Rows of ``split`` without a label (images from a source that has none)."""
+        total = 0
+        for f in self.manifest["files"]:
+            table = self._read(f["name"], [SPLIT, LABEL])
+            if split is not None:
+                table = table.filter(pc.equal(table.column(SPLIT), split))
+            total += table.column(LABEL).null_count
+        return total
 
     def count(self, split: str | None = None, plain: bool = False) -> int:
         """Rows of ``split`` (view 0 only when ``plain``), from the key columns."""

@@ -122,7 +122,8 @@ class Fit:
         self.train_data, self.val_data = open_shards(
             spec.data, self.net, cfg, (rank, world), self.device, cache=f"{spec.run_dir}/.engine"
         )
-        self.per_rank = math.ceil(spec.rows / world)
+        # a streamed shard holds whole files, so the busiest rank's rows set every rank's steps
+        self.per_rank = getattr(self.train_data, "per_rank", None) or math.ceil(spec.rows / world)
         steps = math.ceil(self.per_rank / cfg.batch_size)
         self.opt, self.sched = build_optimizer(
             self.net, self.fine_tune, total_steps=cfg.epochs * steps
@@ -176,6 +177,8 @@ class Fit:
             **val.metrics("val"),
             "lr": self.sched.get_last_lr()[0],
             "seconds": time.perf_counter() - start,
+            # the busiest worker's peak memory: what streaming a shard (or not) costs
+            "worker_peak_mib": _sum(peak_rss_mib(), world, "MAX"),
         }
         if isinstance(self.train_data, ImageData):  # unreadable images, skipped every epoch
             skipped = self.train_data.skipped + self.val_data.skipped
@@ -243,12 +246,21 @@ def train_epoch(
     return total
 
 
-def _sum(value: float, world: int) -> float:
+def _sum(value: float, world: int, op: str = "SUM") -> float:
     if world == 1:
         return value
     total = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(total)
+    torch.distributed.all_reduce(total, op=getattr(torch.distributed.ReduceOp, op))
     return total.item()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (VmHWM), in MiB; 0 where /proc has none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def _report(metrics: dict, session: Session, fit: Fit) -> None:

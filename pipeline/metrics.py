@@ -207,6 +207,8 @@ def evaluate(
     (through the trainable part; the set must match the net) or of images (the frozen prefix on
     ``engine``, then the trainable part)."""
     if isinstance(data, Items):
+        if data.unlabeled(split):
+            raise ValueError(f"split {split!r} has unlabeled images: nothing to score them against")
         source = ImageData(
             data.table,
             split,

@@ -76,7 +76,7 @@ def check(cfg) -> None:
 
 
 def check_data(data: DataConfig, field: str = "data.sources") -> None:
-    """Every local source exists (a folder or a manifest; a glob must match a file)."""
+    """Every local source exists: a folder, a manifest or shard file, or a glob that matches."""
     for i, source in enumerate(data.sources):
         if any(c in source.uri for c in "*?[") and _local(source.uri):
             pattern = source.uri.removeprefix("file://")

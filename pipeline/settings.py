@@ -126,11 +126,33 @@ class NetworkConfig(Settings):
 
 
 class SourceConfig(Settings):
-    """One source: a folder-per-class root, or a manifest file (``.csv``/``.parquet`` with
-    ``path``, ``label`` and optionally ``split``; relative paths are relative to the manifest)."""
+    """One source of images: a folder (a folder per class, or just images: unlabeled), a
+    manifest (``.csv``/``.parquet`` with ``path``, optionally a label and ``split``; relative
+    paths are relative to the manifest), or shards: Parquet files of encoded images (the
+    Hugging Face ``datasets`` layout) or WebDataset ``.tar`` files, as one file, a folder of
+    them or a glob."""
 
     uri: str
     split: str | None = Field(None, description="put every item of this source in this split")
+    format: Literal["folder", "manifest", "parquet", "webdataset"] | None = Field(
+        None,
+        description="default: inferred: .csv a manifest, .tar WebDataset, .parquet a manifest "
+        "when it has a path column and no image column, else Parquet shards; a folder holding "
+        "only .tar (or .parquet) files, shards; any other folder, images",
+    )
+    image_column: str = Field(
+        "image", description="Parquet shards: the image column (struct {bytes, path} or binary)"
+    )
+    label_column: str | None = Field(
+        None,
+        description="default: 'label' (Parquet shards, manifests); WebDataset: the .cls file, "
+        "else the .json file's 'label'. Absent from the data: the images are unlabeled",
+    )
+    label_names: list[str] | None = Field(
+        None,
+        description="class names when labels are indexes; default: a datasets Parquet file's "
+        "own (schema metadata), else the labels as they are",
+    )
 
 
 class DataConfig(Settings):
@@ -140,6 +162,12 @@ class DataConfig(Settings):
     splits: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.2},
         description="ratios for items whose source gives no split",
+    )
+    listing: Literal["auto", "tasks", "local"] = Field(
+        "auto",
+        description="where sources are listed: tasks (a Ray task per class folder or shard), "
+        "local (this process), auto (tasks for object stores and shards, local for folders "
+        "on a mounted disk, where a scan beats starting tasks: jobs.benchmark listing)",
     )
 
     @field_validator("sources", mode="before")
@@ -291,6 +319,13 @@ class TrainConfig(Settings):
     train_split: str = "train"
     val_split: str = "val"
     workers: int = Field(1, gt=0)
+    memory_budget: int | None = Field(
+        None,
+        gt=0,
+        description="bytes a worker may hold its shard of a feature set in (as float32); a "
+        "larger shard streams through Ray Data with a seeded shuffle buffer. Default: a quarter "
+        "of the node's memory over the workers",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(

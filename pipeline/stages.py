@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from pipeline.decode import decode_batch
 from pipeline.engine import Normalized, export
+from pipeline.featureset import LABEL, UNLABELED
 from pipeline.graph import TransferNet
 from pipeline.logs import Progress
 from pipeline.runtime import EngineSpec, choose
@@ -75,6 +77,9 @@ class PassStats:
 def run_pass(items: pa.Table, cfg: StageConfig, spec: Pass) -> PassStats:
     """Run ``spec`` over ``items`` on Ray Data (the caller's Ray), with one progress line on
     the way."""
+    # unlabeled images (null labels) travel as UNLABELED through NumPy; writers restore null
+    labels = pc.fill_null(items.column(LABEL), UNLABELED)
+    items = items.set_column(items.schema.get_field_index(LABEL), LABEL, labels)
     block = max(1, cfg.batch_size // (1 + spec.views))
     blocks = [items.slice(i, block) for i in range(0, items.num_rows, block)]
     ds = (

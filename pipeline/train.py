@@ -85,6 +85,7 @@ def fit_featurized(
     check_feature_set(net, fs)
     rows = fs.count(config.train_split)
     check_rows(rows, fs.count(config.val_split, plain=True), config, fs.uri)
+    check_labeled(fs.unlabeled, config, fs.uri)
     return _fit(
         net,
         FeatureInput(absolute_uri(fs.uri)),
@@ -106,6 +107,7 @@ def fit(net: TransferNet, items: Items, config: TrainConfig | None = None) -> Fi
         )
     rows = items.count(config.train_split)
     check_rows(rows, items.count(config.val_split), config, "the items")
+    check_labeled(items.unlabeled, config, "the items")
     data = ImageInput(items.table, Preprocess(**net.spec["preprocess"]))
     return _fit(net, data, rows, items.fingerprint, items.classes, config)
 
@@ -122,12 +124,27 @@ def check_rows(train: int, val: int, cfg: TrainConfig, where: str) -> None:
         )
 
 
+def check_labeled(unlabeled, cfg: TrainConfig, where: str) -> None:
+    """Refuse to train on, or select by, images without labels (``unlabeled(split)`` counts
+    them): they come from a folder without class folders or a manifest without labels."""
+    for split in (cfg.train_split, cfg.val_split):
+        missing = unlabeled(split)
+        if missing:
+            raise ValueError(
+                f"{where} has {missing} unlabeled images in split {split!r}: training needs "
+                "labels (class folders, or a label column); unlabeled images can be "
+                "featurized and predicted"
+            )
+
+
 def run_name(net: TransferNet, data_identity: str, cfg: TrainConfig) -> str:
     """The default run name: ``<label>-<hash>``, the hash of the network (spec and weights), the
     data and every setting that changes the result, so changing any of them starts a new run
     instead of resuming."""
     spec = json.loads(net.to_files()["spec.json"])
     unchanged = {"name", "label", "storage", "max_failures", "fail_after_epoch"}
+    if cfg.memory_budget is None:  # unset: the names of runs from before the setting hold
+        unchanged.add("memory_budget")
     settings = cfg.model_dump(mode="json", exclude=unchanged)
     model = str((net.spec.get("base") or {}).get("model", "net")).replace(":", "_")
     return default_name(cfg.label or model, [spec, data_identity, settings])

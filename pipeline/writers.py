@@ -54,9 +54,7 @@ def write_predictions(
         fs, root = fsspec.core.url_to_fs(uri)
         schema = fset.prediction_schema(n_classes)
         columns = [
-            pa.array(np.asarray(batch[f.name][ok]), type=f.type)
-            for f in schema
-            if f.name != fset.PROBABILITIES
+            fset.meta_array(batch[f.name][ok], f) for f in schema if f.name != fset.PROBABILITIES
         ]
         columns.append(
             pa.FixedShapeTensorArray.from_numpy_ndarray(
@@ -75,9 +73,11 @@ def write_errors(uri: str, batch: dict[str, np.ndarray]) -> None:
     if not bad.any():
         return
     fs, root = fsspec.core.url_to_fs(uri)
-    errors = pa.table(
-        {**{k: batch[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)}, fset.REASON: batch[ERROR][bad]},
-        schema=fset.ERROR_SCHEMA,
+    values = {k: batch[k][bad] for k in (ID, SOURCE, LABEL, SPLIT)} | {
+        fset.REASON: batch[ERROR][bad]
+    }
+    errors = pa.Table.from_arrays(
+        [fset.meta_array(values[f.name], f) for f in fset.ERROR_SCHEMA], schema=fset.ERROR_SCHEMA
     )
     fs.makedirs(f"{root}/{fset.ERROR_PARTS}", exist_ok=True)
     fset.write_atomic(fs, f"{root}/{fset.ERROR_PARTS}/{fset.part_name(batch[ID][bad])}", errors)

@@ -4,8 +4,9 @@ asserted: the figures are what a benchmark run prints)."""
 import logging
 
 import pytest
+import ray
 
-from pipeline.benchmarks import featurize, fit
+from pipeline.benchmarks import featurize, fit, listing, scale
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +52,28 @@ def test_fit_benchmark_times_both_kinds_of_epoch(ray_local):
         figures["end_to_end_epoch_s"] / figures["features_epoch_s"]
     )
     assert figures["plain_end_to_end_epoch_s"] > 0
+
+
+def test_listing_benchmark_lists_both_sizes_three_ways(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.benchmarks"):
+        figures = listing.listing_benchmark(tmp_path, images=40, factor=3)
+    assert set(figures) == {40, 120}
+    for n, ways in figures.items():
+        assert set(ways) == set(listing.WAYS)
+        assert all(
+            w["items"] == n and w["seconds"] > 0 and w["peak_mib"] > 0 for w in ways.values()
+        )
+    assert caplog.records[-1].getMessage().startswith("listing: pipeline, Ray tasks: 3x the files")
+
+
+@pytest.mark.timeout(900)
+def test_scale_benchmark_runs_both_sizes_on_three_nodes_with_streaming_workers(tmp_path, caplog):
+    ray.shutdown()  # the benchmark starts its own cluster; the session's Ray restarts on demand
+    with caplog.at_level(logging.INFO, logger="pipeline.benchmarks"):
+        figures = scale.scale_benchmark(tmp_path, images=50, epochs=1, budget=2**18)
+    assert [figures[k]["images"] for k in ("small", "large")] == [50, 500]
+    for run in figures.values():
+        assert run["driver_mib"] > 0 and run["worker_mib"] > 0 and run["images_per_s"] > 0
+        assert run["streamed"]  # 256 KiB of budget: both sizes' shards streamed
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("scale: peak RSS grows ") and last.endswith("x for 10x the images")

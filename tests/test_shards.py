@@ -6,7 +6,7 @@ import torch
 from pipeline import featureset as fset
 from pipeline.settings import DataConfig, Preprocess
 from pipeline.shapes import generate_shapes
-from pipeline.shards import FeatureData, ImageData, epoch_order, in_order
+from pipeline.shards import FeatureData, ImageData, StreamedFeatures, epoch_order, in_order
 from pipeline.sources import list_items
 from pipeline.surgery import TransferLearning
 
@@ -68,3 +68,34 @@ def test_images_run_through_the_prefix_once_and_an_empty_split_gives_no_rows(tmp
     train, val = once("train"), once("val")
     assert train.features["pool"].shape == (items.table.num_rows, 16, 1, 1) and len(train) > 0
     assert val.features["pool"].shape == (0, 16, 1, 1) and len(val) == 0
+
+
+def _streamed_rows(streamed, epoch, sizes):
+    order = [torch.zeros(n) for n in sizes]
+    got = list(streamed.batches(order, epoch, "cpu"))
+    assert [len(y) for _, y in got] == sizes
+    return torch.cat([x[0] for x, _ in got])[:, 0], torch.cat([y for _, y in got])
+
+
+def test_a_streamed_shard_is_the_same_every_run_and_every_row_once_an_epoch(tmp_path, ray_local):
+    fs = _feature_set(tmp_path / "set")
+    streamed = StreamedFeatures(fs, "train", (0, 1), plain=False, buffer_rows=8)
+    assert len(streamed) == streamed.per_rank == 20
+    first, labels = _streamed_rows(streamed, 3, [8, 8, 4])
+    again, _ = _streamed_rows(streamed, 3, [8, 8, 4])
+    assert torch.equal(first, again)  # an epoch's batches on a resume: the same
+    assert sorted((first / 3).long().tolist()) == list(range(20))  # every row once
+    assert torch.equal(labels, (first / 3).long() % 2)  # labels travel with their rows
+    other, _ = _streamed_rows(streamed, 4, [8, 8, 4])
+    assert not torch.equal(first, other)  # another epoch, another order
+    in_file_order, _ = _streamed_rows(streamed, 0, [20])  # evaluation: unshuffled
+    assert sorted(in_file_order.tolist()) == sorted(first.tolist())
+    ranks = [StreamedFeatures(fs, "train", (r, 2), False, 8) for r in range(2)]
+    assert sorted(len(r) for r in ranks) == [7, 13] and ranks[0].per_rank == 13
+    short, _ = _streamed_rows(min(ranks, key=len), 1, [8, 5])  # wraps to the busiest's steps
+    assert len(short) == 13
+    # more ranks than files: each reads them all and keeps every third row
+    thirds = [StreamedFeatures(fs, "train", (r, 3), False, 8) for r in range(3)]
+    assert [len(t) for t in thirds] == [7, 7, 6] and {t.per_rank for t in thirds} == {7}
+    rows = [_streamed_rows(t, 0, [len(t)])[0] for t in thirds]
+    assert sorted(torch.cat(rows).tolist()) == sorted(first.tolist())

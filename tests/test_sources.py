@@ -47,7 +47,7 @@ def test_manifest_sources_csv_and_parquet(tmp_path):
     items = sources.list_items(DataConfig(sources=[str(tmp_path / "img" / "list.parquet")]))
     assert items.classes == ["circle"] and items.table.num_rows == 1
     (tmp_path / "bad.csv").write_text("file,class\na.png,x\n")
-    with pytest.raises(ValueError, match="lacks columns"):
+    with pytest.raises(ValueError, match="lacks a path column"):
         sources.list_items(DataConfig(sources=[str(tmp_path / "bad.csv")]))
 
 

@@ -19,13 +19,23 @@ from conftest import (
     same_tensors,
 )
 from pipeline.config import PredictJobConfig, TrainJobConfig, load_config
-from pipeline.featurize import FeatureSetMismatch, check_feature_set
+from pipeline.featurize import FeatureSetMismatch, check_feature_set, featurize
 from pipeline.flows import run_predict, run_train
 from pipeline.loading import load
 from pipeline.loop import accuracy_from_features
 from pipeline.networks import build_network
 from pipeline.predict import accuracy, read_predictions
-from pipeline.settings import AugmentConfig, FineTuneConfig, TrainConfig
+from pipeline.settings import (
+    AugmentConfig,
+    DataConfig,
+    FeaturizeConfig,
+    FineTuneConfig,
+    TrainConfig,
+)
+from pipeline.shapes import generate_shapes
+from pipeline.shards import row_bytes, streams
+from pipeline.sources import list_items
+from pipeline.surgery import TransferLearning
 from pipeline.train import fit, fit_featurized
 
 
@@ -76,10 +86,12 @@ def test_worker_failure_resumes_from_the_epoch_2_checkpoint(runs):
 def test_same_seed_same_weights_and_resume_is_exact(runs):
     reference, failed = runs["reference"]["net"], runs["failed"]["net"]
     assert same_tensors(reference.state_dict(), failed.state_dict())
-    assert runs["reference"]["result"].history == [
-        {**h, "seconds": runs["reference"]["result"].history[i]["seconds"]}
-        for i, h in enumerate(runs["failed"]["result"].history)
-    ]
+    measured = ("seconds", "worker_peak_mib")  # wall clock and memory, not results
+
+    def results(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in h.items() if k not in measured} for h in history]
+
+    assert results(runs["reference"]["result"].history) == results(runs["failed"]["result"].history)
 
 
 def test_rerunning_a_finished_run_resumes_it_without_training(runs):
@@ -280,3 +292,40 @@ def test_flowers_top_blocks_fine_tuned_beat_frozen(
         torch.equal(polished.net.state_dict()[k], before[k])
         for k in polished.net.frozen_parameter_names()
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_feature_set_four_times_the_memory_budget_streams_within_it(tmp_path, ray_local):
+    # tiny:cnn at 64 px, frozen through its first block: 128 KiB of float32 features an image
+    generate_shapes(tmp_path / "data", per_class=100, size=64)
+    items = list_items(DataConfig(sources=[str(tmp_path / "data")]))
+    net = (
+        TransferLearning("tiny:cnn", image_size=64, seed=3)
+        .set_feature_extractor("features.0")
+        .n_out_replace("fc2", 5)
+        .build()
+    )
+    cfg = FeaturizeConfig(out=str(tmp_path / "features"), batch_size=64)
+    fs = featurize(net, items, cfg).feature_sets[0]
+    data_bytes = (fs.count("train") + fs.count("val", plain=True)) * row_bytes(fs)
+    budget = data_bytes // 4
+    runs = {}
+    for name, memory_budget in (("in memory", None), ("streamed", budget)):
+        train = TrainConfig(
+            epochs=4,
+            batch_size=32,
+            fine_tune={"lr": 0.01},
+            memory_budget=memory_budget,
+            storage=str(tmp_path / "train"),
+        )
+        runs[name] = fit_featurized(copy.deepcopy(net), fs, train)
+    memory, streamed = runs["in memory"], runs["streamed"]
+    assert not streams(fs, TrainConfig(), 1) and streams(fs, TrainConfig(memory_budget=budget), 1)
+    peak = {k: max(h["worker_peak_mib"] for h in r.history) for k, r in runs.items()}
+    print(f"data {data_bytes / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB, peaks {peak}")
+    # the in-memory worker holds the shard (and its copy while reading it); the streamed one
+    # holds a budget's worth at most, over the same fixed overhead (torch, Ray, the network)
+    assert peak["streamed"] <= peak["in memory"] - data_bytes / 2**20 + budget / 2**20
+    assert streamed.evaluation.n == memory.evaluation.n
+    assert abs(streamed.evaluation.accuracy - memory.evaluation.accuracy) <= 0.1

@@ -30,10 +30,11 @@ class PeakRSS:
     started Ray), sampled once a second while in the ``with`` block (reading PSS is not free:
     sampling faster slowed the measured loops down). Summed as PSS (each shared page split
     among the processes mapping it), since plain RSS would count torch's libraries and Ray's
-    shared-memory object store once per process. ``pid``: the root (default: this process)."""
+    shared-memory object store once per process. ``pid``: the root (default: this process);
+    ``tree=False``: that process alone."""
 
-    def __init__(self, pid: int | None = None):
-        self.pid = pid
+    def __init__(self, pid: int | None = None, tree: bool = True):
+        self.pid, self.tree = pid, tree
 
     def __enter__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -50,7 +51,7 @@ class PeakRSS:
     def _measure(self) -> None:
         try:
             root = psutil.Process(self.pid)
-            processes = [root, *root.children(recursive=True)]
+            processes = [root, *(root.children(recursive=True) if self.tree else [])]
         except psutil.Error:
             return
         total = 0

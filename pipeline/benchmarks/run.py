@@ -15,19 +15,26 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.benchmarks import featurize, fit, sweep
+from pipeline.benchmarks import featurize, fit, listing, scale, sweep
 from pipeline.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
-DEFAULT_IMAGES = {"featurize": 10**9, "featurize-memory": 250, "fit": 512, "sweep": 512}
+DEFAULT_IMAGES = {
+    "featurize": 10**9,
+    "featurize-memory": 250,
+    "fit": 512,
+    "sweep": 512,
+    "listing": 10_000,
+    "scale": 20_000,
+}
 
 
 class BenchmarkConfig(Settings):
     """``python -m jobs.benchmark WHAT``: one measured claim, with its plain PyTorch baseline
     measured in the same run."""
 
-    what: Literal["featurize", "featurize-memory", "fit", "sweep"]
+    what: Literal["featurize", "featurize-memory", "fit", "sweep", "listing", "scale"]
     data: Path | None = Field(
         SHARED / "data" / "flowers128",
         description="folder per class (default ../shared/data/flowers128; generated when absent)",
@@ -43,7 +50,10 @@ class BenchmarkConfig(Settings):
     epochs: int = Field(5, gt=0, description="fit, sweep: epochs (per trial)")
     trials: int = Field(8, gt=0, description="sweep: trials")
     images: int | None = Field(
-        None, gt=0, description="default: all (featurize), 250 (featurize-memory), 512 (fit, sweep)"
+        None,
+        gt=0,
+        description="default: all (featurize), 250 (featurize-memory), 512 (fit, sweep), "
+        "10000 (listing: empty files), 20000 (scale: 32 px images; the large run is 10x)",
     )
     batch_size: int = Field(
         64, gt=0, description="the baseline's batch (and the fit and sweep benchmarks')"
@@ -58,7 +68,9 @@ class BenchmarkConfig(Settings):
         "cpu", description="featurize: cuda runs the actors, the plain loop and the prefix on a GPU"
     )
     gpu_decode: bool = Field(False, description="featurize on cuda: decode JPEGs on the GPU")
-    factor: int = Field(8, gt=1, description="featurize-memory: the larger run's multiple")
+    factor: int = Field(
+        8, gt=1, description="featurize-memory, listing (default 20): the larger run's multiple"
+    )
     size: int = Field(64, ge=16, description="featurize-memory: generated image size")
     out: str = Field("runs/benchmark", description="where the log goes")
     ray_address: str | None = Field(
@@ -101,6 +113,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             gpu_decode=cfg.gpu_decode,
             pipeline_batch_size=cfg.pipeline_batch_size,
         )
+    if cfg.what == "scale":  # its own 3-node cluster: this process starts no other Ray
+        epochs = cfg.epochs if "epochs" in cfg.model_fields_set else 1
+        return scale.scale_benchmark(Path(cfg.out), images, epochs)
+    if cfg.what == "listing":
+        factor = cfg.factor if "factor" in cfg.model_fields_set else 20
+        return listing.listing_benchmark(Path(cfg.out), images, factor)
     if cfg.what == "featurize-memory":
         return featurize.featurize_memory_benchmark(
             cfg.model, weights, cfg.cut, images, cfg.factor, cfg.size, cfg.batch_size
