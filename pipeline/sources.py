@@ -172,7 +172,8 @@ def _use_tasks(listing: str, fs: fsspec.AbstractFileSystem, shards: bool) -> boo
     scanned here (measured: 200k files 7.6 s here vs 6.7 s on two tasks, 10k 0.8 s vs 4.3 s)."""
     if listing != "auto":
         return listing == "tasks"
-    in_process = {"file", "local", "memory"} & set(fs.protocol)  # memory: this process's own
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    in_process = protocols & {"file", "local", "memory"}  # memory: this process's own
     return shards or not in_process
 
 

@@ -51,7 +51,8 @@ def test_manifest_sources_csv_and_parquet(tmp_path):
         sources.list_items(DataConfig(sources=[str(tmp_path / "bad.csv")]))
 
 
-def test_fsspec_memory_source(tmp_path):
+def test_fsspec_memory_source(tmp_path, ray_local):
+    # with Ray up: a memory filesystem is this process's own, so it is listed here, not on tasks
     import fsspec
 
     generate_shapes(tmp_path, per_class=1, size=16)
