@@ -37,7 +37,7 @@ from pipeline.config import (
 from pipeline.graph import SurgeryError, TransferNet
 from pipeline.layers import RESIZABLE
 from pipeline.loading import load
-from pipeline.runs import resolve_latest
+from pipeline.runs import is_local, resolve_latest
 from pipeline.settings import ConfigError, DataConfig, ModelConfig
 from pipeline.surgery import TransferLearning
 
@@ -78,7 +78,7 @@ def check(cfg) -> None:
 def check_data(data: DataConfig, field: str = "data.sources") -> None:
     """Every local source exists: a folder, a manifest or shard file, or a glob that matches."""
     for i, source in enumerate(data.sources):
-        if any(c in source.uri for c in "*?[") and _local(source.uri):
+        if any(c in source.uri for c in "*?[") and is_local(source.uri):
             pattern = source.uri.removeprefix("file://")
             if not glob.glob(pattern):
                 raise ConfigError(
@@ -119,7 +119,7 @@ def check_nodes(net: TransferNet, names: list[str], field: str, model: str) -> N
 
 def check_saved(path: str, field: str) -> None:
     """``path`` (``latest`` resolved) is a saved network's directory."""
-    if not _local(path):
+    if not is_local(path):
         return
     saved = Path(resolve_latest(path).removeprefix("file://"))
     if not (saved / "spec.json").is_file():
@@ -150,12 +150,8 @@ def _where(path: str) -> str:
     return f" (relative paths resolve against {Path.cwd()})"
 
 
-def _local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def _exists(uri: str, field: str, folder: bool = False) -> None:
-    if not _local(uri):
+    if not is_local(uri):
         return  # object storage is checked when it is read (credentials live on the workers)
     path = Path(uri.removeprefix("file://"))
     if not path.exists():

@@ -31,6 +31,11 @@ import fsspec
 LATEST = "latest"
 
 
+def is_local(uri: str) -> bool:
+    """A path on this machine's filesystem (or a ``file://`` URI), not object storage."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def absolute_uri(uri: str) -> str:
     """A local path made absolute against the driver's directory (URIs unchanged): Ray's
     workers run in the directory their node started in, not the job's."""
@@ -46,7 +51,7 @@ def default_name(label: str, settings) -> str:
 
 def mark_latest(storage: str, name: str) -> None:
     """Point ``<storage>/latest`` at the run ``name`` (a directory in ``storage``)."""
-    if "://" not in storage or storage.startswith("file://"):
+    if is_local(storage):
         root = Path(storage.removeprefix("file://"))
         temporary = root / f".{LATEST}-{os.getpid()}"
         try:

@@ -214,11 +214,13 @@ class StreamedFeatures:
         plain: bool,
         buffer_rows: int,
         seed: int = 0,
+        rows: list[int] | None = None,
     ):
+        """``rows``: the split's rows in each part file, when counted already."""
         rank, world = shard
         self.split, self.plain, self.names = split, plain, list(fs.shapes)
         self.buffer_rows, self.seed = buffer_rows, seed
-        rows, paths = fs.rows_per_file(split, plain), fs.paths
+        rows, paths = rows if rows is not None else fs.rows_per_file(split, plain), fs.paths
         by_file = [sum(rows[r::world]) for r in range(world)]
         self.keep: tuple[int, int] | None = None
         if min(by_file) > 0:  # every rank has files with rows of the split: whole files each
@@ -264,11 +266,7 @@ class StreamedFeatures:
         """Epoch 0 (evaluation): in file order. Training: files in a seeded order through a
         seeded shuffle buffer of ``buffer_rows``."""
         if not epoch:
-            for features, labels in self._chunks(self.files):
-                yield (
-                    {n: torch.from_numpy(v) for n, v in features.items()},
-                    torch.from_numpy(labels),
-                )
+            yield from map(_tensors, self._chunks(self.files))
             return
         seed = (self.seed * 1_000_003 + epoch) * 1_009 + lap
         rng = np.random.default_rng(seed)
@@ -336,12 +334,14 @@ def open_shards(
     their exported prefix)."""
     if isinstance(data, FeatureInput):
         fs = FeatureSet.open(data.uri)
-        if streams(fs, cfg, shard[1]):
+        # one pass over the key columns: it decides, and it is what a streamed shard needs
+        train, val = fs.rows_per_file(cfg.train_split), fs.rows_per_file(cfg.val_split, True)
+        if streams(fs, cfg, shard[1], sum(train) + sum(val)):
             buffer = shuffle_buffer_rows(fs, cfg)
             seed = cfg.fine_tune.seed if cfg.fine_tune else 0
             return (
-                StreamedFeatures(fs, cfg.train_split, shard, False, buffer, seed),
-                StreamedFeatures(fs, cfg.val_split, shard, True, buffer, seed),
+                StreamedFeatures(fs, cfg.train_split, shard, False, buffer, seed, train),
+                StreamedFeatures(fs, cfg.val_split, shard, True, buffer, seed, val),
             )
         return (
             FeatureData.read(fs, cfg.train_split, shard, plain=False),
@@ -383,9 +383,11 @@ def row_bytes(fs: FeatureSet) -> int:
     return 4 * sum(math.prod(shape) for shape in fs.shapes.values())
 
 
-def streams(fs: FeatureSet, cfg: TrainConfig, world: int) -> bool:
-    """Whether a worker's shard (train and val) is larger than its memory budget."""
-    rows = fs.count(cfg.train_split) + fs.count(cfg.val_split, plain=True)
+def streams(fs: FeatureSet, cfg: TrainConfig, world: int, rows: int | None = None) -> bool:
+    """Whether a worker's shard (train and val) is larger than its memory budget; ``rows``:
+    the train and (plain) val rows, when counted already."""
+    if rows is None:
+        rows = sum(fs.rows_per_file(cfg.train_split)) + sum(fs.rows_per_file(cfg.val_split, True))
     return math.ceil(rows / world) * row_bytes(fs) > memory_budget(cfg)
 
 

@@ -74,9 +74,14 @@ class ShardError(ValueError):
     """A shard that cannot be used at all (a Parquet file without the image column)."""
 
 
+def split_member(source: str) -> tuple[str, str] | None:
+    """``(shard, member)`` of a shard member's source, else None (a file of its own)."""
+    shard, sep, member = source.rpartition("#")
+    return (shard, member) if sep and shard.lower().endswith(tuple(SHARD_SUFFIXES)) else None
+
+
 def is_member(source: str) -> bool:
-    shard, sep, _ = source.rpartition("#")
-    return bool(sep) and shard.lower().endswith(tuple(SHARD_SUFFIXES))
+    return split_member(source) is not None
 
 
 def member_source(shard: str, member: str) -> str:
@@ -109,7 +114,7 @@ def _index_parquet(uri: str, fmt: ShardFormat) -> ShardIndex:
     names = fmt.label_names or _datasets_names(schema, column)
     # a non-default image column is part of the member: another column is another image
     suffix = "" if fmt.image_column == "image" else f"@{fmt.image_column}"
-    return ShardIndex([(f"{i}{suffix}", _name(v, names)) for i, v in enumerate(labels)])
+    return ShardIndex([(f"{i}{suffix}", label_name(v, names)) for i, v in enumerate(labels)])
 
 
 def _datasets_names(schema: pa.Schema, column: str) -> tuple[str, ...] | None:
@@ -122,7 +127,7 @@ def _datasets_names(schema: pa.Schema, column: str) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
-def _name(value, names: tuple[str, ...] | None) -> str | None:
+def label_name(value, names: tuple[str, ...] | list[str] | None) -> str | None:
     """A label as its class name: an index into ``names`` when there are names, else as is."""
     if value is None:
         return None
@@ -161,7 +166,7 @@ def _index_tar(uri: str, fmt: ShardFormat) -> ShardIndex:
     names = fmt.label_names
     for key, sample in samples.items():
         if "image" in sample:
-            index.members.append((key, _name(_tar_label(sample, fmt), names)))
+            index.members.append((key, label_name(_tar_label(sample, fmt), names)))
     return index
 
 
@@ -179,8 +184,7 @@ def _tar_label(sample: dict, fmt: ShardFormat):
     if column in (None, "cls") and "cls" in sample:
         return sample["cls"].decode().strip()
     if "json" in sample:
-        value = json.loads(sample["json"]).get(column or "label")
-        return None if value is None else value
+        return json.loads(sample["json"]).get(column or "label")
     if column and column in sample:
         return sample[column].decode().strip()
     return None
@@ -193,10 +197,8 @@ def fetch(sources: list[str]) -> dict[str, bytes | Exception]:
     """The bytes of every shard member among ``sources``, each shard read once; a member that
     cannot be read maps to the exception saying why. Other sources are left out."""
     by_shard: dict[str, list[str]] = defaultdict(list)
-    for source in sources:
-        if is_member(source):
-            shard, _, member = source.rpartition("#")
-            by_shard[shard].append(member)
+    for parts in filter(None, map(split_member, sources)):
+        by_shard[parts[0]].append(parts[1])
     out: dict[str, bytes | Exception] = {}
     for shard, members in by_shard.items():
         kind = SHARD_SUFFIXES[posixpath.splitext(shard.lower())[1]]

@@ -32,6 +32,7 @@ from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from pipeline.runs import is_local
 from pipeline.settings import Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -94,12 +95,12 @@ def check_weights(name: str, weights: str | None) -> None:
     family, _, arch = name.partition(":")
     names = []
     if family == "torchvision" and arch:
-        names = list(torchvision.models.get_model_weights(arch).__members__)
+        names = list(_torchvision_arch(arch).__members__)
         if weights in names:
             return
     looks_like_path = "/" in weights or "\\" in weights or weights.endswith(WEIGHT_SUFFIXES)
     if looks_like_path:
-        if "://" not in weights or weights.startswith("file://"):
+        if is_local(weights):
             local = Path(weights.removeprefix("file://"))
             if not local.is_file():
                 raise ZooError(f"weights file {str(local.resolve())!r} does not exist", "weights")
@@ -405,9 +406,7 @@ def load_model(
     if name == "default":
         name, weights = DEFAULT_MODEL, weights or PACKAGED
     family, _, arch = name.partition(":")
-    if family == "torchvision" and arch:
-        _torchvision_arch(arch)
-    check_weights(name, weights)
+    check_weights(name, weights)  # an unknown torchvision architecture is named here too
     if name in _REGISTRY:
         zm = _REGISTRY[name](weights, kwargs)
     elif family == "torchvision" and arch:

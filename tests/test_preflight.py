@@ -51,6 +51,11 @@ def test_the_own_data_template_passes_with_only_its_sources_set(images):
             "IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT",
         ),
         (["model.name=mobilenet_v2"], "model.name: unknown model 'mobilenet_v2'; did you mean "),
+        (
+            ["model.name=torchvision:mobilenetv2", "model.weights=IMAGENET1K_V1"],
+            "model.name: unknown torchvision model 'mobilenetv2'; did you mean "
+            "torchvision:mobilenet_v2",
+        ),
         (["model.weights=weights/mine.pth"], "model.weights: weights file '"),
     ],
 )
