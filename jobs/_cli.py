@@ -18,9 +18,9 @@ from typing import NoReturn
 import ray
 from pydantic import BaseModel
 
-from pipeline import logs, preflight
-from pipeline.config import labelled, load_config
-from pipeline.settings import ConfigError
+from pipeline.flows import preflight
+from pipeline.runs import logs
+from pipeline.settings import ConfigError, labelled, load_config
 
 log = logging.getLogger("pipeline.jobs")
 
@@ -34,10 +34,12 @@ class Options:
 
 
 def parse(
-    doc: str, kind: type[BaseModel], example: str, argv=None, flags: tuple[str, ...] = ()
+    doc: str, kind: type[BaseModel], example: str, argv=None, flags: dict[str, str] | None = None
 ) -> tuple[BaseModel, Options]:
     """``--config FILE [--FLAG VALUE ...] [-v] [--dashboard] [key=value ...]`` -> (validated
-    ``kind``, options); each of ``flags`` is shorthand for the ``FLAG=VALUE`` override."""
+    ``kind``, options); ``flags`` maps each ``--FLAG VALUE`` to the override ``KEY=VALUE`` it is
+    shorthand for."""
+    flags = flags or {}
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", help=f"YAML file with {kind.__name__} fields")
     parser.add_argument(
@@ -52,12 +54,14 @@ def parse(
         help="start the Ray dashboard with a new local Ray instance (~1 s and ~270 MiB more; "
         "a running cluster has its own)",
     )
-    for flag in flags:
-        parser.add_argument(f"--{flag}", help=f"same as {flag}=VALUE")
+    for flag, key in flags.items():
+        parser.add_argument(f"--{flag}", help=f"same as {key}=VALUE")
     parser.add_argument("overrides", nargs="*", help=f"key=value, e.g. {example}")
     args = parser.parse_intermixed_args(argv)
     opts = Options(args.verbose, args.dashboard)
-    shorthand = [f"{f}={getattr(args, f)}" for f in flags if getattr(args, f) is not None]
+    shorthand = [
+        f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f) is not None
+    ]
     try:
         cfg = load_config(kind, args.config, args.overrides + shorthand)
     except ConfigError as e:
@@ -68,19 +72,20 @@ def parse(
 
 
 def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bool = True):
-    """Check ``cfg`` (:mod:`pipeline.preflight`), log to ``<output root>/logs/<job>-<time>.log``,
-    start or join Ray (unless ``ray_`` is false), run ``flow(cfg)``; ``flow`` is
-    ``"module:function"``, imported while the checks run and Ray starts."""
+    """Check ``cfg`` (:mod:`pipeline.flows.preflight`), log to
+    ``<output root>/logs/<job>-<time>.log``, start or join Ray (unless ``ray_`` is false), run
+    ``flow(cfg)``; ``flow`` is ``"module:function"``, imported while the checks run and Ray starts,
+    and given the network the checks built."""
     function = _Import(flow)
     try:
-        preflight.check(cfg)
+        net = preflight.check(cfg)  # built once: the flow edits it
     except ConfigError as e:
         _refuse(e, opts)
     path = logs.setup(_log_file(job, cfg.output_root()), opts.verbose, divert_stderr=True)
     log.info("%s: full log in %s", job, path)
     if ray_:
         start_ray(cfg.ray_address, opts)
-    result = function.get()(cfg)
+    result = function.get()(cfg) if net is None else function.get()(cfg, net)
     # The collector's last pass over torch's and Ray's objects at exit takes ~1 s (measured:
     # `import torchvision` exits in 1.2 s, frozen in 0.2 s); the process ends right after this.
     gc.freeze()
@@ -125,7 +130,7 @@ def start_ray(address: str | None, opts: Options = Options()) -> None:
     """Join ``address`` (default: RAY_ADDRESS, a running local cluster, else a new local
     instance, without a dashboard unless asked: it lives only as long as the job). Workers of
     a new local instance inherit this process's environment, the job's log file among it; the
-    training loops append their records to it (:func:`pipeline.logs.worker_setup`). Workers'
+    training loops append their records to it (:func:`pipeline.runs.logs.worker_setup`). Workers'
     console output reaches this console only with ``verbose``."""
     # no runtime_env: one would start every worker of the job fresh, not from Ray's
     # prestarted pool (measured: the first batch of a pass 2 s later)

@@ -22,7 +22,7 @@ def main(argv=None) -> None:
         BenchmarkConfig,
         "images=512",
         [f"what={what}", *rest],
-        flags=("images", "data", "model", "device"),
+        flags={f: f for f in ("images", "data", "model", "device")},
     )
     run("benchmark", cfg, "pipeline.benchmarks.run:run_benchmark", opts, ray_=cfg.needs_ray())
 

@@ -7,12 +7,14 @@ frozen vs fine-tuned, write one report (a few minutes on 2 CPUs).
 """
 
 from jobs._cli import parse, run
-from pipeline.config import DemoConfig
+from pipeline.settings import DemoConfig
 
 
 def main(argv=None) -> None:
-    cfg, opts = parse(__doc__, DemoConfig, "steps=[fit] train.epochs=5", argv, flags=("data",))
-    run("demo", cfg, "pipeline.demo:run_demo", opts)
+    cfg, opts = parse(
+        __doc__, DemoConfig, "steps=[fit] train.epochs=5", argv, flags={"data": "data"}
+    )
+    run("demo", cfg, "pipeline.flows.demo:run_demo", opts)
 
 
 if __name__ == "__main__":

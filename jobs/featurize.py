@@ -5,12 +5,12 @@ ray job submit --working-dir . -- python -m jobs.featurize --config FILE [key=va
 """
 
 from jobs._cli import parse, run
-from pipeline.config import FeaturizeJobConfig
+from pipeline.settings import FeaturizeJobConfig
 
 
 def main(argv=None) -> None:
     cfg, opts = parse(__doc__, FeaturizeJobConfig, "featurize.dtype=float32", argv)
-    run("featurize", cfg, "pipeline.flows:run_featurize", opts)
+    run("featurize", cfg, "pipeline.flows.run:run_featurize", opts)
 
 
 if __name__ == "__main__":

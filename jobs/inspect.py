@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from pipeline.surgery import TransferLearning
+from pipeline.net.builder import TransferLearning
 
 
 def main(argv=None) -> None:

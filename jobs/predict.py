@@ -5,12 +5,12 @@ ray job submit --working-dir . -- python -m jobs.predict --config FILE [key=valu
 """
 
 from jobs._cli import parse, run
-from pipeline.config import PredictJobConfig
+from pipeline.settings import PredictJobConfig
 
 
 def main(argv=None) -> None:
     cfg, opts = parse(__doc__, PredictJobConfig, "model=runs/train/x/model", argv)
-    run("predict", cfg, "pipeline.flows:run_predict", opts)
+    run("predict", cfg, "pipeline.flows.run:run_predict", opts)
 
 
 if __name__ == "__main__":

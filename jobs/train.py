@@ -5,12 +5,12 @@ ray job submit --working-dir . -- python -m jobs.train --config FILE [key=value 
 """
 
 from jobs._cli import parse, run
-from pipeline.config import TrainJobConfig
+from pipeline.settings import TrainJobConfig
 
 
 def main(argv=None) -> None:
     cfg, opts = parse(__doc__, TrainJobConfig, "train.epochs=5", argv)
-    run("train", cfg, "pipeline.flows:run_train", opts)
+    run("train", cfg, "pipeline.flows.run:run_train", opts)
 
 
 if __name__ == "__main__":

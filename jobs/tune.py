@@ -8,12 +8,14 @@ Re-running the same sweep (same name, or same settings and data) resumes it.
 """
 
 from jobs._cli import parse, run
-from pipeline.config import TuneJobConfig
+from pipeline.settings import TuneJobConfig
 
 
 def main(argv=None) -> None:
-    cfg, opts = parse(__doc__, TuneJobConfig, "space.lr=0.001", argv, flags=("preset",))
-    run("tune", cfg, "pipeline.flows:run_sweep", opts)
+    cfg, opts = parse(
+        __doc__, TuneJobConfig, "sweep.space.lr=0.001", argv, flags={"preset": "sweep.preset"}
+    )
+    run("tune", cfg, "pipeline.flows.run:run_sweep", opts)
 
 
 if __name__ == "__main__":

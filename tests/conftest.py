@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.settings import Preprocess  # noqa: E402
+from pipeline.settings import Preprocess
 
 # Real data and weights beside the checkout; tests that read them skip when they are absent.
 SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -77,7 +77,7 @@ def standardized(images: torch.Tensor, p: Preprocess) -> torch.Tensor:
 
 def network_input(sources, preprocess: Preprocess) -> torch.Tensor:
     """Image files as the network's float input, decoded as every pass decodes them."""
-    from pipeline.decode import load_crop
+    from pipeline.data.decode import load_crop
 
     crops = torch.stack([torch.from_numpy(load_crop(str(s), preprocess)) for s in sources])
     return standardized(crops, preprocess)
@@ -105,7 +105,7 @@ def add_bad_files(root):
 
 def make_tiny_net(cut="pool", seed=3, classes=5):
     """tiny:cnn frozen through ``cut``, its head resized to ``classes`` (seeded)."""
-    from pipeline.surgery import TransferLearning
+    from pipeline.net.builder import TransferLearning
 
     torch.manual_seed(seed)
     return (
@@ -125,10 +125,10 @@ def tiny_net():
 def tiny_features(_ray_session, tmp_path_factory):
     """Generated shapes (plus one corrupt file) featurized in float32 at two cuts, once per
     session: the data of the training, evaluation and loop tests."""
-    from pipeline.featurize import featurize
+    from pipeline.data.shapes import generate_shapes
+    from pipeline.data.sources import list_items
+    from pipeline.features.run import featurize
     from pipeline.settings import DataConfig, FeaturizeConfig
-    from pipeline.shapes import generate_shapes
-    from pipeline.sources import list_items
 
     start_ray()
     root = tmp_path_factory.mktemp("tiny")
@@ -148,8 +148,8 @@ def flowers_features(_ray_session, tmp_path_factory):
     """flowers128 featurized once per session at mobilenet_v2's penultimate layer (80/20 split),
     through the example job config; tests that need real features share it. The same pass also
     writes the features.16 set that the fine-tuning step reads (a cache hit there)."""
-    from pipeline.config import FeaturizeJobConfig, load_config
-    from pipeline.flows import run_featurize
+    from pipeline.flows.run import run_featurize
+    from pipeline.settings import FeaturizeJobConfig, load_config
 
     start_ray()
     cfg = load_config(
@@ -169,8 +169,8 @@ def flowers_features(_ray_session, tmp_path_factory):
 def hymenoptera_features(_ray_session, tmp_path_factory):
     """hymenoptera (its own train/val folders) featurized once per session at mobilenet_v2's
     penultimate layer through the example config; jobs.train on the same data is a cache hit."""
-    from pipeline.config import FeaturizeJobConfig, load_config
-    from pipeline.flows import run_featurize
+    from pipeline.flows.run import run_featurize
+    from pipeline.settings import FeaturizeJobConfig, load_config
 
     start_ray()
     root = SHARED / "data" / "hymenoptera"

@@ -19,9 +19,9 @@ import ray
 import yaml
 
 from conftest import REPO
-from pipeline.config import FeaturizeJobConfig, load_config
-from pipeline.featureset import FeatureSet
-from pipeline.shapes import generate_shapes
+from pipeline.data.featureset import FeatureSet
+from pipeline.data.shapes import generate_shapes
+from pipeline.settings import FeaturizeJobConfig, load_config
 
 CLUSTER = REPO / "cluster"
 

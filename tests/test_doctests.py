@@ -7,7 +7,7 @@ import io
 import pytest
 
 from conftest import REPO, make_tiny_net
-from pipeline.shapes import generate_shapes
+from pipeline.data.shapes import generate_shapes
 
 SOURCES = sorted(
     p

@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode, v2
 
+from pipeline.data.shapes import SHAPES, generate_shapes
 from pipeline.settings import Preprocess
-from pipeline.shapes import SHAPES, generate_shapes
 
 
 class PeakRSS:
@@ -118,19 +118,22 @@ def sample_images(data: Path | None, images: int, workdir: Path) -> Sample:
     return Sample(root, samples, folder.classes, manifest)
 
 
-def torchvision_transform(preprocess: Preprocess) -> v2.Compose:
+def torchvision_transform(preprocess: Preprocess, normalize: bool = True) -> v2.Compose:
     """The preprocessing a plain PyTorch loop writes: torchvision's resize, center crop,
-    to-float and normalize, on PIL images."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(
-                preprocess.resize_size,
-                interpolation=InterpolationMode(preprocess.interpolation),
-                antialias=True,
-            ),
-            v2.CenterCrop(preprocess.crop_size),
+    to-float and normalize, on PIL images (``normalize=False``: uint8 crops, for an engine that
+    normalizes itself)."""
+    steps = [
+        v2.ToImage(),
+        v2.Resize(
+            preprocess.resize_size,
+            interpolation=InterpolationMode(preprocess.interpolation),
+            antialias=True,
+        ),
+        v2.CenterCrop(preprocess.crop_size),
+    ]
+    if normalize:
+        steps += [
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(preprocess.mean, preprocess.std),
         ]
-    )
+    return v2.Compose(steps)

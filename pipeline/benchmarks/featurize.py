@@ -1,19 +1,18 @@
-"""Featurizing: the pipeline, run as the job a user runs, against the loop a PyTorch user
-writes, and both against this machine's limit for the model (the frozen prefix alone, on each
-engine, on preprocessed batches already in memory).
+"""Featurizing: the pipeline, run as the job a user runs, against the peers a user would write
+instead (:mod:`pipeline.benchmarks.peers`), and all of them against this machine's limit for
+the model (the frozen prefix alone, on each engine, on preprocessed batches already in memory).
 
-The pipeline's rate is wall clock from the job's start (``python -m jobs.featurize``: interpreter,
-imports, Ray start-up, the pass, the manifest) as a user waits; its steady-state rate (after its
-first batch) is printed beside it. Peak memory is PSS over each one's process tree.
+Every rate is wall clock from a process's start to its exit (the pipeline's:
+``python -m jobs.featurize``, interpreter, imports, Ray start-up, the pass, the manifest) as a
+user waits; the pipeline's steady-state rate (what its model stage sustained after its first
+batch) is printed beside it. Peak memory is PSS over each one's process tree.
 
-Example (the plain loop on a small folder):
+Example (the prefix alone, this machine's limit for a model):
 
-    >>> from pipeline.benchmarks.common import sample_images
-    >>> from pipeline.benchmarks.featurize import plain_loop
-    >>> from pipeline.surgery import TransferLearning
+    >>> from pipeline.benchmarks.featurize import prefix_alone
+    >>> from pipeline.net.builder import TransferLearning
     >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
-    >>> images = sample_images(Path(shapes), 20, tmp)
-    >>> plain_loop(images, net, batch_size=8, workers=0, out=tmp / "plain.parquet") > 0
+    >>> prefix_alone(net, "onnxruntime", batch_size=8, seconds=0.2) > 0
     True
 """
 
@@ -30,67 +29,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from torchvision.datasets import ImageFolder
 
-from pipeline import featureset as fset
-from pipeline import sources
 from pipeline.benchmarks.common import (
     PeakRSS,
-    Sample,
     gemm_peak_gflops,
     prefix_gflop_per_image,
     sample_images,
-    torchvision_transform,
 )
-from pipeline.engine import build_engine
-from pipeline.featureset import FeatureSet
-from pipeline.graph import TransferNet
+from pipeline.benchmarks.peers import PEERS
+from pipeline.data.featureset import FeatureSet
+from pipeline.data.shapes import SHAPES, generate_shapes
+from pipeline.engine.export import build_engine
+from pipeline.net.builder import TransferLearning
+from pipeline.net.graph import TransferNet
 from pipeline.settings import Preprocess
-from pipeline.shapes import SHAPES, generate_shapes
-from pipeline.surgery import TransferLearning
 
 log = logging.getLogger(__name__)
 SUMMARY = re.compile(
     r"featurize: (\d+) images, (\d+) errors, ([\d.]+) images/s "
     r"\((?:([\d.]+) steady, )?(\w+)\)"
 )
-
-
-def plain_loop(
-    images: Sample, net: TransferNet, batch_size: int, workers: int, out: Path, device: str = "cpu"
-) -> float:
-    """The loop a PyTorch user writes: ImageFolder + DataLoader + the prefix (fp16 autocast
-    on a GPU) + pyarrow; its images/s from the loop's start (DataLoader workers starting
-    included)."""
-    dataset = ImageFolder(
-        str(images.root), transform=torchvision_transform(Preprocess(**net.spec["preprocess"]))
-    )
-    dataset.samples = dataset.imgs = images.samples
-    start, n = time.perf_counter(), 0
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    prefix, shapes = net.prefix().to(device), net.frontier_shapes()
-    schema = fset.feature_schema(shapes, "float32")
-    with (
-        pq.ParquetWriter(out, schema, compression=fset.COMPRESSION) as writer,
-        torch.inference_mode(),
-    ):
-        for batch, labels in loader:
-            with torch.autocast("cuda", torch.float16, enabled=device == "cuda"):
-                outputs = prefix(batch.to(device))
-            features = {k: v.float().cpu().numpy() for k, v in outputs.items()}
-            paths = [p for p, _ in images.samples[n : n + len(labels)]]
-            meta = {
-                fset.ID: [sources.item_id(p) for p in paths],
-                fset.SOURCE: paths,
-                fset.LABEL: labels.numpy(),
-                fset.SPLIT: ["train"] * len(labels),
-                fset.VIEW: [0] * len(labels),
-            }
-            writer.write_table(fset.to_table(meta, features, schema))
-            n += len(labels)
-    return n / (time.perf_counter() - start)
 
 
 def pipeline_job(
@@ -179,10 +138,11 @@ def featurize_benchmark(
     gpu_decode: bool = False,
     pipeline_batch_size: int | None = None,
 ) -> dict:
-    """The pipeline (as a job, with its own batch size unless ``pipeline_batch_size``) vs the
-    plain loop (``batch_size``) on the same images, model and resolution; the prefix alone on
-    each engine; the GEMM peak; peak memory of each; float16 vs float32 bytes on disk. Ends
-    with the ``throughput:`` and ``limit:`` lines."""
+    """The pipeline (as a job, with its own batch size unless ``pipeline_batch_size``) vs its
+    peers (:mod:`pipeline.benchmarks.peers`, batch ``batch_size``), each a process timed from its
+    start to its exit, on the same images, model and resolution; the prefix alone on each
+    engine; the GEMM peak; peak memory of each; float16 vs float32 bytes on disk. Ends with the
+    ``throughput:`` and ``limit:`` lines and one ``peer:`` line per peer."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             "device=cuda: no CUDA device here (torch.cuda.is_available() is "
@@ -201,12 +161,17 @@ def featurize_benchmark(
             f"{crop} px, {len(os.sched_getaffinity(0))} CPUs; plain loop batch {batch_size}, "
             f"pipeline batch {pipeline_batch_size or 'its default'}"
         )
-        with PeakRSS() as plain_rss:
-            plain = plain_loop(sample, net, batch_size, workers, work / "plain.parquet", device)
-        log.info(
-            f"plain PyTorch loop (DataLoader, {workers} workers): {plain:.1f} images/s, "
-            f"peak memory {plain_rss.mib:.0f} MiB"
-        )
+        options = ["--batch-size", str(batch_size), "--workers", str(workers), "--device", device]
+        peers = {}
+        for name in PEERS if device == "cpu" else ["plain"]:  # the Ray recipe is a CPU run here
+            out = work / f"{name}.parquet"
+            peers[name] = peer_process(name, sample.manifest, out, model, weights, cut, options)
+            log.info(
+                f"{PEERS[name]}: {peers[name]['images_per_s']:.1f} images/s from its process's "
+                f"start ({peers[name]['seconds']:.0f} s), peak memory "
+                f"{peers[name]['peak_rss_mb']:.0f} MiB"
+            )
+        plain, plain_mib = peers["plain"]["images_per_s"], peers["plain"]["peak_rss_mb"]
         job = pipeline_job(
             sample.manifest,
             work / "features",
@@ -242,7 +207,8 @@ def featurize_benchmark(
     figures = {
         "images": len(sample.samples),
         "plain_images_per_s": plain,
-        "plain_peak_rss_mb": plain_rss.mib,
+        "plain_peak_rss_mb": plain_mib,
+        **{f"peer_{k}": v for k, v in peers.items()},
         **{f"pipeline_{k}": v for k, v in job.items()},
         **{f"prefix_{k}_images_per_s": v for k, v in alone.items()},
         "prefix_gflop_per_image": gflop,
@@ -257,7 +223,7 @@ def featurize_benchmark(
     )
     log.info(
         f"memory: pipeline {job['peak_rss_mb']:.0f} MiB (its driver and every Ray process) "
-        f"= {job['peak_rss_mb'] / plain_rss.mib:.2f}x the plain loop's"
+        f"= {job['peak_rss_mb'] / plain_mib:.2f}x the plain loop's"
     )
     log.info(f"storage: float16 parts are {half / single:.0%} of float32")
     log.info(
@@ -267,7 +233,65 @@ def featurize_benchmark(
     log.info(
         f"limit: pipeline at {figures['limit_fraction']:.0%} of the prefix-only onnxruntime rate"
     )
+    for name, peer in peers.items():
+        ratio = job["images_per_s"] / peer["images_per_s"]
+        figures[f"ratio_{name}"] = ratio
+        log.info(
+            f"peer: {PEERS[name]} {peer['images_per_s']:.1f} images/s; the pipeline is {ratio:.2f}x"
+        )
     return figures
+
+
+def peer_process(
+    name: str,
+    manifest: Path,
+    out: Path,
+    model: str,
+    weights: str | None,
+    cut: str,
+    options: list[str],
+) -> dict:
+    """``python -m jobs.peer NAME`` on the benchmark's images: its wall time from start to exit
+    and its peak memory (its whole process tree: DataLoader workers, Ray's processes)."""
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.peer",
+        name,
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--cut",
+        cut,
+        *(["--weights", weights] if weights else []),
+        *options,
+    ]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    start = time.perf_counter()
+    peer = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    with PeakRSS(peer.pid) as rss:
+        output = peer.communicate()[0]
+    seconds = time.perf_counter() - start
+    found = re.search(rf"peer {re.escape(name)}: (\d+) images", output)
+    if peer.returncode != 0 or not found:
+        raise RuntimeError(f"the {name} peer failed:\n{output[-3000:]}")
+    images = int(found.group(1))
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "peak_rss_mb": rss.mib,
+    }
 
 
 def featurize_memory_benchmark(

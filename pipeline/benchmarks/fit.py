@@ -6,7 +6,7 @@ Example (the plain loop's epoch on a small folder):
     >>> from torchvision.datasets import ImageFolder
     >>> from pipeline.benchmarks.fit import baseline_end_to_end_epoch
     >>> from pipeline.settings import FineTuneConfig, Preprocess
-    >>> from pipeline.surgery import TransferLearning
+    >>> from pipeline.net.builder import TransferLearning
     >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
     >>> seconds = baseline_end_to_end_epoch(ImageFolder(shapes).samples, net,
     ...                                     Preprocess(**net.spec["preprocess"]), batch_size=8,
@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline import sources
 from pipeline.benchmarks.common import sample_images, torchvision_transform
-from pipeline.featurize import featurize
-from pipeline.finetune import build_optimizer
-from pipeline.loop import train_epoch
+from pipeline.data import sources
+from pipeline.features.run import featurize
+from pipeline.net.builder import TransferLearning
+from pipeline.net.finetune import build_optimizer
 from pipeline.settings import DataConfig, FeaturizeConfig, FineTuneConfig, Preprocess
-from pipeline.shards import FeatureData, ImageData, epoch_order
-from pipeline.surgery import TransferLearning
+from pipeline.train.data import FeatureData, ImageData, epoch_order
+from pipeline.train.loop import train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def fit_benchmark(
 ) -> dict:
     """One training epoch of the trainable part from a feature set vs end to end through the
     frozen prefix, on the same images, plus the plain PyTorch end-to-end loop for reference.
-    Epochs run in this process (the per-worker loop of :mod:`pipeline.train`, without Ray
+    Epochs run in this process (the per-worker loop of :mod:`pipeline.train.loop`, without Ray
     Train's start-up and per-epoch checkpoint, which are reported by every fit)."""
     config = FineTuneConfig(optimizer="adamw", lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +117,7 @@ def fit_benchmark(
             for e in range(1, epochs + 1)
         )[epochs // 2]
         images_data = ImageData(
-            items.table, "train", (0, 1), net, preprocess, None, 89_478_485, "cpu"
+            items.table, "train", (0, 1), net, preprocess, None, items.max_pixels, "cpu"
         )
         end_to_end = _epoch_seconds(net.trainable(), images_data, batch_size, config, 1)
         plain = baseline_end_to_end_epoch(samples, net, preprocess, batch_size, workers, config)

@@ -38,7 +38,7 @@ print(json.dumps({{"seconds": seconds, "items": count, "before_mib": before,
 PIPELINE = """
 import ray
 from pipeline.settings import DataConfig
-from pipeline.sources import list_items
+from pipeline.data.sources import list_items
 if sys.argv[2] == "tasks":
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 """

@@ -23,13 +23,13 @@ import ray
 from ray.cluster_utils import Cluster
 
 from pipeline.benchmarks.common import PeakRSS
-from pipeline.featurize import featurize
+from pipeline.data.shapes import generate_shapes
+from pipeline.data.sources import list_items
+from pipeline.features.run import featurize
+from pipeline.net.builder import TransferLearning
 from pipeline.settings import DataConfig, FeaturizeConfig, TrainConfig
-from pipeline.shapes import generate_shapes
-from pipeline.shards import streams
-from pipeline.sources import list_items
-from pipeline.surgery import TransferLearning
-from pipeline.train import fit_featurized
+from pipeline.train.fit import fit_featurized
+from pipeline.train.streaming import streams
 
 log = logging.getLogger(__name__)
 NODES = 3

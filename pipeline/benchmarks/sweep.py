@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from pipeline.benchmarks.common import sample_images
-from pipeline.benchmarks.featurize import plain_loop
-from pipeline.config import TuneJobConfig
-from pipeline.flows import run_sweep
-from pipeline.networks import cut_for
-from pipeline.surgery import TransferLearning
+from pipeline.benchmarks.peers import plain_loop
+from pipeline.flows.run import run_sweep
+from pipeline.net.builder import TransferLearning
+from pipeline.net.heads import cut_for
+from pipeline.settings import TuneJobConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,7 @@ def sweep_benchmark(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sample = sample_images(data, images, work)
-        base = {
-            "model": {"name": model, "weights": weights},
-            "head": head,
-            "data": {"sources": [str(sample.manifest)], "splits": {"train": 0.8, "val": 0.2}},
-            "featurize": {"out": str(work / "features"), "batch_size": batch_size},
+        sweep = {
             "space": {
                 "unfreeze": [0, 1, 2],
                 "lr": {"loguniform": [1e-4, 1e-2]},
@@ -62,26 +58,33 @@ def sweep_benchmark(
             "storage": str(work / "tune"),
             "cpus_per_trial": 1,
         }
+        base = {
+            "model": {"name": model, "weights": weights, "head": head},
+            "data": {"sources": [str(sample.manifest)], "splits": {"train": 0.8, "val": 0.2}},
+            "featurize": {"out": str(work / "features"), "batch_size": batch_size},
+        }
         concurrent = max(1, len(os.sched_getaffinity(0)))
         log.info(
             f"{len(sample.samples)} images, {model}, {trials} trials over unfreeze depths "
             f"0/1/2, {epochs} epochs each, {concurrent} at a time"
         )
         start = time.perf_counter()
-        reuse = run_sweep(TuneJobConfig.model_validate(dict(base, name="reuse")))
+        reuse = run_sweep(TuneJobConfig.model_validate(dict(base, sweep=dict(sweep, name="reuse"))))
         reuse_s = time.perf_counter() - start
         start = time.perf_counter()
         per_trial = run_sweep(
-            TuneJobConfig.model_validate(dict(base, name="per-trial", feature_cache="per_trial"))
+            TuneJobConfig.model_validate(
+                dict(base, sweep=dict(sweep, name="per-trial", feature_cache="per_trial"))
+            )
         )
         per_trial_s = time.perf_counter() - start
         whole = TransferLearning(model, weights=weights).build()
-        net = (
-            TransferLearning(model, weights=weights)
-            .set_feature_extractor(*cut_for(whole, 2, head))
-            .build()
+        cut = cut_for(whole, 2, head)[0]
+        start = time.perf_counter()
+        done = plain_loop(
+            sample.manifest, model, weights, cut, work / "plain.parquet", batch_size, workers
         )
-        rate = plain_loop(sample, net, batch_size, workers, work / "plain.parquet")
+        rate = done / (time.perf_counter() - start)
     if sampled(reuse.table) != sampled(per_trial.table):
         raise RuntimeError("the two sweeps sampled different trials; the comparison is void")
     overheads = [r["wall_s"] - r["train_s"] for r in reuse.table]

@@ -1,0 +1,200 @@
+"""Featurize at scale: images -> the frozen prefix, once -> Parquet feature sets.
+
+One pass computes the frontier of every requested cut and writes one feature set per cut (see
+:mod:`pipeline.features.plan`). A feature set that already exists is a cache hit; an unfinished
+one is completed, reusing what was written. The model actor
+(:class:`~pipeline.engine.actors.PrefixModel`) and the writer
+(:func:`~pipeline.data.writers.write_features`) are a callable class and a function, testable
+without Ray; :func:`featurize` runs them in the shared Ray Data pass
+(:mod:`pipeline.engine.dataflow`).
+
+Example (needs a running Ray):
+
+    >>> from pipeline.data.sources import list_items
+    >>> from pipeline.features.run import featurize
+    >>> from pipeline.net.builder import TransferLearning
+    >>> from pipeline.settings import DataConfig, FeaturizeConfig
+    >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
+    >>> items = list_items(DataConfig(sources=[shapes]))
+    >>> result = featurize(net, items, FeaturizeConfig(out=str(tmp / "features")))
+    >>> features, labels = result.feature_sets[0].tensors(split="train")
+    >>> features["pool"].shape[1:], len(labels) == items.count("train")
+    (torch.Size([16, 1, 1]), True)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow
+import pyarrow as pa
+import ray
+import torch
+import torchvision
+
+from pipeline.data.featureset import FeatureSet
+from pipeline.data.parts import finalize, scan
+from pipeline.data.schema import ID, SPLIT, FeatureSetError
+from pipeline.data.sources import Items
+from pipeline.data.writers import write_features
+from pipeline.engine.actors import PrefixModel
+from pipeline.engine.dataflow import Pass, PassStats, prepare_engine, run_pass
+from pipeline.features.plan import Target, plan, preprocess_of
+from pipeline.net.builder import TransferLearning
+from pipeline.net.graph import TransferNet
+from pipeline.net.saved import SavedNet
+from pipeline.runs.storage import absolute_uri
+from pipeline.settings import FeaturizeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeaturizeResult:
+    feature_sets: list[FeatureSet]
+    images: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cached: list[str] = field(default_factory=list)
+    engine: str = ""  # what ran the prefix: onnxruntime or torch (none when all was cached)
+    steady_images_per_s: float = 0.0  # what the model stage sustained after its first batch
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        uris = ", ".join(fs.uri for fs in self.feature_sets)
+        if self.images == 0 and len(self.cached) == len(self.feature_sets):
+            return f"featurize: cache hit, nothing computed -> {uris}"
+        steady = f"{self.steady_images_per_s:.1f} steady, " if self.steady_images_per_s else ""
+        return (
+            f"featurize: {self.images} images, {self.errors} errors, "
+            f"{self.images_per_s:.1f} images/s ({steady}{self.engine}) -> {uris}"
+        )
+
+
+def featurize(
+    net: TransferNet,
+    items: Items,
+    cfg: FeaturizeConfig,
+    cuts: list[str | list[str]] | None = None,
+    saved: SavedNet | None = None,
+) -> FeaturizeResult:
+    """Run ``net``'s frozen prefix (or each cut's) over ``items`` once; return the feature sets.
+
+    Needs a running Ray (the caller's ``ray.init``). Complete feature sets are reused; unfinished
+    ones are completed without redoing finished rows."""
+    cfg = cfg.model_copy(update={"out": absolute_uri(cfg.out)})
+    targets = plan(net, items.fingerprint, cfg, cuts)
+    done = {t.uri: _open_complete(t.uri) for t in targets}
+    pending = [t for t in targets if done[t.uri] is None]
+    result = FeaturizeResult([], cached=[t.uri for t in targets if done[t.uri] is not None])
+    for uri in result.cached:
+        log.debug("cache hit: %s is complete; reusing it", uri)
+    if pending:
+        expected = _expected_views(items, cfg)
+        remaining = _remaining(items, pending, expected)
+        start = time.perf_counter()
+        if remaining.num_rows:
+            stats, result.engine = _run(net, pending, remaining, cfg, saved, items.max_pixels)
+            result.images, result.errors = stats.images, stats.errors
+            result.steady_images_per_s = stats.steady_images_per_s
+        result.seconds = time.perf_counter() - start
+        for t in pending:
+            done[t.uri] = finalize(t.uri, _manifest(t, items, cfg, net, result.engine), expected)
+    result.feature_sets = [done[t.uri] for t in targets]
+    log.info(result.summary())
+    return result
+
+
+def _open_complete(uri: str) -> FeatureSet | None:
+    try:
+        return FeatureSet.open(uri)
+    except FeatureSetError:
+        return None
+
+
+def _expected_views(items: Items, cfg: FeaturizeConfig) -> dict[str, int]:
+    ids, splits = items.table.column(ID).to_pylist(), items.table.column(SPLIT).to_pylist()
+    return {i: 1 + (cfg.views if s in cfg.augment.splits else 0) for i, s in zip(ids, splits)}
+
+
+def _remaining(items: Items, pending: list[Target], expected: dict[str, int]) -> pa.Table:
+    """Items some pending feature set still lacks (every view of it, or its error record)."""
+    done = None
+    for t in pending:
+        finished = scan(t.uri).done_items(expected)
+        done = finished if done is None else done & finished
+    mask = [i not in done for i in items.table.column(ID).to_pylist()]
+    return items.table.filter(pa.array(mask, pa.bool_()))
+
+
+def _run(
+    net: TransferNet,
+    pending: list[Target],
+    remaining: pa.Table,
+    cfg: FeaturizeConfig,
+    saved: SavedNet | None,
+    max_pixels: int,
+) -> tuple[PassStats, str]:
+    """One pass computing every pending target's frontier: ``net`` itself when it is their
+    network (its save form ``saved`` staged for the actors), else ``net`` frozen through the
+    union of their cuts."""
+    if any(t.net is not net for t in pending):
+        cut = {c for t in pending for c in t.cut}
+        union, saved = TransferLearning(net).set_feature_extractor(*cut).build(), None
+    else:
+        union = net
+    shapes = {name: shape for t in pending for name, shape in t.shapes.items()}
+    for t in pending:
+        fs, root = fsspec.core.url_to_fs(t.uri)
+        fs.makedirs(root, exist_ok=True)
+    preprocess = preprocess_of(net, cfg)
+    base = (net.spec.get("base") or {}).get("model", "the network")
+    engine = prepare_engine(
+        union,
+        list(shapes),
+        preprocess,
+        cfg,
+        what=f"the frozen prefix of {base} (up to {', '.join(shapes)})",
+        saved=saved,
+    )
+    stats = run_pass(
+        remaining,
+        cfg,
+        Pass(
+            "featurize",
+            preprocess,
+            PrefixModel,
+            dict(engine=engine, shapes=shapes, dtype=cfg.dtype),
+            write_features,
+            dict(targets=[(t.uri, t.shapes) for t in pending], dtype=cfg.dtype),
+            views=cfg.views,
+            augment=cfg.augment,
+            max_pixels=max_pixels,
+        ),
+    )
+    return stats, engine.kind
+
+
+def _manifest(t: Target, items: Items, cfg: FeaturizeConfig, net: TransferNet, engine: str) -> dict:
+    # the engine is recorded, not fingerprinted: onnxruntime and torch agree to ~1e-5, below
+    # float16 storage rounding, so a set made by either serves both
+    return dict(
+        t.identity,
+        uri=t.uri,
+        engine=engine,
+        classes=items.classes,
+        weights=net.spec.get("weights"),
+        config=cfg.model_dump(mode="json"),
+        versions={
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "ray": ray.__version__,
+            "pyarrow": pyarrow.__version__,
+        },
+    )

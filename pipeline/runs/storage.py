@@ -1,0 +1,78 @@
+"""Run names and the ``latest`` pointer every storage keeps.
+
+A run's directory is ``<storage>/<name>``; the default name starts with a readable label (the
+config file's stem, else the model's name) and ends with a hash of everything that changes the
+result, so re-running resumes and changing anything starts afresh. After each finished run,
+``<storage>/latest`` points at it: a relative symlink on a local disk (so ``ls``, TensorBoard and
+``jobs.predict model=runs/train/latest/model`` all follow it), a small file holding the run's
+name on object storage, which :func:`resolve_latest` reads.
+
+Example:
+
+    >>> from pipeline.runs.storage import mark_latest, resolve_latest
+    >>> _ = (tmp / "runs" / "flowers-1a2b" / "model").mkdir(parents=True)
+    >>> mark_latest(str(tmp / "runs"), "flowers-1a2b")
+    >>> (tmp / "runs" / "latest" / "model").is_dir()
+    True
+    >>> mark_latest("memory://bucket/runs", "flowers-1a2b")
+    >>> resolve_latest("memory://bucket/runs/latest/model")
+    'memory://bucket/runs/flowers-1a2b/model'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import fsspec
+
+LATEST = "latest"
+
+
+def is_local(uri: str) -> bool:
+    """A path on this machine's filesystem (or a ``file://`` URI), not object storage."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute against the driver's directory (URIs unchanged): Ray's
+    workers run in the directory their node started in, not the job's."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def default_name(label: str, settings) -> str:
+    """``<label>-<12 hex digits of a hash of settings>`` (settings: anything JSON can hold)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return f"{readable}-{digest[:12]}"
+
+
+def mark_latest(storage: str, name: str) -> None:
+    """Point ``<storage>/latest`` at the run ``name`` (a directory in ``storage``)."""
+    if is_local(storage):
+        root = Path(storage.removeprefix("file://"))
+        temporary = root / f".{LATEST}-{os.getpid()}"
+        try:
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(name, target_is_directory=True)
+            os.replace(temporary, root / LATEST)  # atomic: a reader never sees no pointer
+            return
+        except OSError:  # no symlinks on this filesystem: the pointer file below works anywhere
+            temporary.unlink(missing_ok=True)
+    fs, root = fsspec.core.url_to_fs(storage)
+    fs.pipe_file(f"{root}/{LATEST}", name.encode())
+
+
+def resolve_latest(uri: str) -> str:
+    """``uri`` with a ``latest`` part that is a pointer file replaced by the run it names
+    (a symlink needs no resolving)."""
+    parts = uri.split("/")
+    for i, part in enumerate(parts):
+        if part != LATEST:
+            continue
+        fs, path = fsspec.core.url_to_fs("/".join(parts[: i + 1]))
+        if fs.isfile(path):
+            parts[i] = fs.cat_file(path).decode().strip()
+    return "/".join(parts)
