@@ -55,8 +55,8 @@ EXPORTS = {
     "TuneJobConfig": "pipeline.settings",
     "load_config": "pipeline.settings",
     # data
-    "list_items": "pipeline.data.sources",
-    "Items": "pipeline.data.sources",
+    "plan_data": "pipeline.data.listing",
+    "DataPlan": "pipeline.data.plan",
     "generate_shapes": "pipeline.data.shapes",
     "FeatureSet": "pipeline.data.featureset",
     # stages

@@ -61,6 +61,21 @@ def ray_local(_ray_session):
 # ---------------------------------------------------------------------------- helpers
 
 
+def plan_rows(plan, classes=None) -> dict[str, list]:
+    """Every image a plan reads, as columns (id, source, label, split) sorted by source: the
+    per-image table the driver never builds, read here to check what the units hold."""
+    from pipeline.data.rows import member_rows
+
+    rows = sorted(member_rows(plan, plan.units, classes), key=lambda r: r[1])
+    labels = [None if r[2] < 0 else r[2] for r in rows]
+    return {
+        "id": [r[0] for r in rows],
+        "source": [r[1] for r in rows],
+        "label": labels,
+        "split": [r[3] for r in rows],
+    }
+
+
 def frozen_tensors(net) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items() if k in net.frozen_parameter_names()}
 
@@ -125,8 +140,8 @@ def tiny_net():
 def tiny_features(_ray_session, tmp_path_factory):
     """Generated shapes (plus one corrupt file) featurized in float32 at two cuts, once per
     session: the data of the training, evaluation and loop tests."""
+    from pipeline.data.listing import plan_data
     from pipeline.data.shapes import generate_shapes
-    from pipeline.data.sources import list_items
     from pipeline.features.run import featurize
     from pipeline.settings import DataConfig, FeaturizeConfig
 
@@ -134,7 +149,7 @@ def tiny_features(_ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     generate_shapes(root / "data", per_class=12, size=32)
     (root / "data" / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
-    items = list_items(DataConfig(sources=[str(root / "data")]))
+    items = plan_data(DataConfig(sources=[str(root / "data")]))
     cfg = FeaturizeConfig(out=str(root / "features"), batch_size=16, dtype="float32")
     sets = featurize(make_tiny_net(), items, cfg, cuts=["pool", "features.0"]).feature_sets
     return {"root": root / "data", "items": items, "pool": sets[0], "features.0": sets[1]}

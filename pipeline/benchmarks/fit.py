@@ -26,12 +26,13 @@ import torch
 from PIL import Image
 
 from pipeline.benchmarks.common import sample_images, torchvision_transform
-from pipeline.data import sources
+from pipeline.data.listing import plan_data
 from pipeline.features.run import featurize
 from pipeline.net.builder import TransferLearning
 from pipeline.net.finetune import build_optimizer
 from pipeline.settings import DataConfig, FeaturizeConfig, FineTuneConfig, Preprocess
-from pipeline.train.data import FeatureData, ImageData, epoch_order
+from pipeline.train.data import FeatureData, epoch_order
+from pipeline.train.images import ImageData
 from pipeline.train.loop import train_epoch
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def fit_benchmark(
         workdir = Path(tmp)
         sample = sample_images(data, images, workdir)
         samples = sample.samples
-        items = sources.list_items(DataConfig(sources=[str(sample.manifest)]))
+        items = plan_data(DataConfig(sources=[str(sample.manifest)]))
         torch.manual_seed(0)
         net = (
             TransferLearning(model, weights=weights)
@@ -116,9 +117,7 @@ def fit_benchmark(
             _epoch_seconds(net.trainable(), features, batch_size, config, e)
             for e in range(1, epochs + 1)
         )[epochs // 2]
-        images_data = ImageData(
-            items.table, "train", (0, 1), net, preprocess, None, items.max_pixels, "cpu"
-        )
+        images_data = ImageData(items, "train", (0, 1), net, None, "cpu")
         end_to_end = _epoch_seconds(net.trainable(), images_data, batch_size, config, 1)
         plain = baseline_end_to_end_epoch(samples, net, preprocess, batch_size, workers, config)
     figures = {

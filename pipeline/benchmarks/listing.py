@@ -38,12 +38,12 @@ print(json.dumps({{"seconds": seconds, "items": count, "before_mib": before,
 PIPELINE = """
 import ray
 from pipeline.settings import DataConfig
-from pipeline.data.sources import list_items
+from pipeline.data.listing import plan_data
 if sys.argv[2] == "tasks":
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 """
 PIPELINE_LIST = (
-    "count = list_items(DataConfig(sources=[sys.argv[1]], listing=sys.argv[2])).table.num_rows"
+    "count = sum(plan_data(DataConfig(sources=[sys.argv[1]], listing=sys.argv[2])).counts.values())"
 )
 PLAIN = "from torchvision.datasets.folder import find_classes, make_dataset"
 PLAIN_LIST = (

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from pipeline.benchmarks.common import torchvision_transform
+from pipeline.data.plan import item_id
 from pipeline.data.schema import (
     COMPRESSION,
     ID,
@@ -40,7 +41,6 @@ from pipeline.data.schema import (
     feature_schema,
     to_table,
 )
-from pipeline.data.sources import item_id
 from pipeline.engine.export import build_engine
 from pipeline.net.builder import TransferLearning
 from pipeline.settings import Preprocess

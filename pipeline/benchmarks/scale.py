@@ -23,8 +23,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from pipeline.benchmarks.common import PeakRSS
+from pipeline.data.listing import plan_data
 from pipeline.data.shapes import generate_shapes
-from pipeline.data.sources import list_items
 from pipeline.features.run import featurize
 from pipeline.net.builder import TransferLearning
 from pipeline.settings import DataConfig, FeaturizeConfig, TrainConfig
@@ -56,7 +56,7 @@ def one_size(out: Path, n: int, budget: int, epochs: int) -> dict:
     )
     with PeakRSS(tree=False) as driver:
         start = time.perf_counter()
-        items = list_items(DataConfig(sources=[str(data)]))
+        items = plan_data(DataConfig(sources=[str(data)]))
         cfg = FeaturizeConfig(out=str(out / f"scale-{n}" / "features"), actors=NODES)
         fs = featurize(net, items, cfg).feature_sets[0]
         featurized = time.perf_counter()

@@ -1,26 +1,28 @@
 """Reading images: bytes -> upright RGB -> the network's uint8 crop, or a seeded augmented one.
 
-Every pass over images (featurize, predict, end-to-end training, evaluation on images) reads
-them here, so they agree on orientation, resizing, what counts as unreadable and why. Decoders
-ship uint8 crops (4x smaller than float); the model side normalizes. Decoding needs only Pillow
-and NumPy: the Ray tasks that run it never load torch. A JPEG much larger than its target is
-decoded at a reduced scale (Pillow's ``draft``), a fraction of the cost of a full decode.
+Every pass over images (featurize, predict, end-to-end training, evaluation on images) decodes them
+here (the decode stage that feeds them is :mod:`pipeline.data.rows`), so they agree on orientation,
+resizing, what counts as unreadable and why. Decoders ship uint8 crops (4x smaller than float); the
+model side normalizes. Decoding needs only Pillow and NumPy: the Ray tasks that run it never load
+torch. A JPEG much larger than its target is decoded at a reduced scale (Pillow's ``draft``), a
+fraction of the cost of a full decode.
 
 Example:
 
-    >>> import numpy as np
     >>> from PIL import Image
-    >>> from pipeline.data.decode import decode_batch
-    >>> from pipeline.settings import AugmentConfig, Preprocess
+    >>> from pipeline.data.decode import BadImage, load_crop
+    >>> from pipeline.settings import Preprocess
     >>> Image.new("RGB", (40, 30)).save(tmp / "a.png")
-    >>> rows = decode_batch({"id": np.array(["a", "b"]), "label": np.array([0, 1]),
-    ...                      "source": np.array([str(tmp / "a.png"), str(tmp / "gone.png")]),
-    ...                      "split": np.array(["train", "train"])},
-    ...                     preprocess=Preprocess(resize_size=36, crop_size=32, mean=(0, 0, 0),
-    ...                                           std=(1, 1, 1)),
-    ...                     views=0, augment=AugmentConfig(), max_pixels=10**6)
-    >>> rows["image"].shape, rows["error"][1][:12]
-    ((2, 3, 32, 32), '[Errno 2] No')
+    >>> (tmp / "b.png").write_bytes(b"")
+    0
+    >>> tiny = Preprocess(resize_size=36, crop_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    >>> load_crop(str(tmp / "a.png"), tiny).shape
+    (3, 32, 32)
+    >>> try:
+    ...     load_crop(str(tmp / "b.png"), tiny)
+    ... except BadImage as e:
+    ...     print(e)
+    empty file (0 bytes)
 """
 
 from __future__ import annotations
@@ -34,15 +36,10 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.data.schema import ID, LABEL, SOURCE, SPLIT, VIEW
-from pipeline.data.shards import fetch, is_member
+from pipeline.data.shards import member_bytes, split_member
 from pipeline.settings import MAX_IMAGE_PIXELS, AugmentConfig, Preprocess
 
 DECODER = "pil-draft-1"  # in feature-set identities: how pixels were decoded
-ERROR = "error"  # in-flight column: why a row's image could not be read ("" when it could)
-IMAGE = "image"  # in-flight column: the uint8 crop; dropped by the model stage
-BYTES = "bytes"  # in-flight column: a JPEG for the model actor's GPU to decode (gpu_decode)
-MODEL_DONE = "model_done"  # in-flight column: when the model actor finished the row's batch
 GPU_DECODER = "gpu-jpeg-1"  # the decoder of JPEGs decoded on the actors' GPUs
 RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -74,8 +71,8 @@ def open_image(
     """Read a file (unless its bytes, or why they could not be read, are given: a shard
     member's, :func:`pipeline.data.shards.fetch`) and parse its header (not its pixels): the lazily
     opened image and the bytes, or :class:`BadImage` saying why it is not a usable image."""
-    if data is None and is_member(source):  # one member alone: its shard read for it
-        data = fetch([source])[source]
+    if data is None and split_member(source):  # one member alone: its shard read for it
+        data = member_bytes(source)
     if isinstance(data, Exception):
         raise data
     if data is None:
@@ -174,62 +171,6 @@ def augmented_side(crop: int, cfg: AugmentConfig) -> int:
 def view_seed(item_id: str, view: int, seed: int) -> int:
     """A seed per (item, view or epoch, seed): the same crop on every run and worker."""
     return int.from_bytes(hashlib.sha256(f"{item_id}:{view}:{seed}".encode()).digest()[:7], "big")
-
-
-def decode_batch(
-    batch: dict,
-    *,
-    preprocess: Preprocess,
-    views: int,
-    augment: AugmentConfig,
-    max_pixels: int,
-    gpu_jpeg: bool = False,
-) -> dict[str, np.ndarray]:
-    """Items -> rows with a uint8 ``image`` (3, crop, crop): view 0 is the network's own resize
-    and crop; views 1..K (for ``augment.splits``) are seeded random crops. An unreadable item
-    becomes one row with ``error`` set and a blank image, so the rest of its block carries on.
-    ``gpu_jpeg``: a JPEG without augmented views travels as its bytes (column ``bytes``, its
-    image blank) for the model actor to decode on its GPU."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    crop = preprocess.crop_size
-    sides = {
-        False: preprocess.resize_size,
-        True: max(preprocess.resize_size, augmented_side(crop, augment)),
-    }
-    blank = np.zeros((3, crop, crop), np.uint8)
-    rows: dict[str, list] = {k: [] for k in (ID, SOURCE, LABEL, SPLIT, VIEW, ERROR, IMAGE, BYTES)}
-
-    def add(item, view, error, image, encoded=b""):
-        for key, value in zip((ID, SOURCE, LABEL, SPLIT), item):
-            rows[key].append(value)
-        rows[VIEW].append(view)
-        rows[ERROR].append(error)
-        rows[IMAGE].append(image)
-        rows[BYTES].append(encoded)
-
-    fetched = fetch(list(batch[SOURCE]))  # shard members: each shard read once for the batch
-    for item in zip(*(list(batch[k]) for k in (ID, SOURCE, LABEL, SPLIT))):
-        extra = views if item[3] in augment.splits else 0
-        try:
-            opened, data = open_image(item[1], max_pixels, fetched.get(item[1]))
-            if gpu_jpeg and not extra and opened.format == "JPEG":
-                add(item, 0, "", blank, data)
-                continue
-            image = decode_image(opened, data, sides[extra > 0])
-        except (BadImage, OSError) as e:  # OSError: the storage could not give the bytes
-            add(item, 0, str(e) or type(e).__name__, blank)
-            continue
-        add(item, 0, "", resize_crop(image, preprocess))
-        for view in range(1, 1 + extra):
-            seed = view_seed(item[0], view, augment.seed)
-            add(item, view, "", augmented(image, crop, augment, seed))
-    out = {k: np.array(v, dtype=object) for k, v in rows.items() if k in (ID, SOURCE, SPLIT, ERROR)}
-    out[LABEL] = np.array(rows[LABEL], np.int32)
-    out[VIEW] = np.array(rows[VIEW], np.int16)
-    out[IMAGE] = np.stack(rows[IMAGE]) if rows[IMAGE] else np.zeros((0, *blank.shape), np.uint8)
-    if gpu_jpeg:
-        out[BYTES] = np.array(rows[BYTES], dtype=object)
-    return out
 
 
 def load_crop(

@@ -177,9 +177,16 @@ class FeatureSet:
 
     def rows_per_file(self, split: str | None = None, plain: bool = False) -> list[int]:
         """Rows of ``split`` (view 0 only when ``plain``) in each part file, in ``paths``'
-        order, from the key columns."""
+        order: from the manifest (a set written unit by unit records them), else from the key
+        columns."""
+        files = self.manifest["files"]
+        if all("splits" in f for f in files):
+            pick = 1 if plain else 0
+            if split is None:
+                return [sum(v[pick] for v in f["splits"].values()) for f in files]
+            return [f["splits"].get(split, [0, 0])[pick] for f in files]
         counts = []
-        for f in self.manifest["files"]:
+        for f in files:
             table = self._read(f["name"], [SPLIT, VIEW])
             if split is not None:
                 table = table.filter(pc.equal(table.column(SPLIT), split))
@@ -189,18 +196,15 @@ class FeatureSet:
         return counts
 
     def unlabeled(self, split: str | None = None) -> int:
-        """Rows of ``split`` without a label (images from a source that has none)."""
-        total = 0
-        for f in self.manifest["files"]:
-            table = self._read(f["name"], [SPLIT, LABEL])
-            if split is not None:
-                table = table.filter(pc.equal(table.column(SPLIT), split))
-            total += table.column(LABEL).null_count
-        return total
+        """Rows of ``split`` without a label (images from a source that has none), from the
+        manifest's counts."""
+        counts = self.manifest["counts"]
+        splits = counts if split is None else {split: counts.get(split, {})}
+        return sum(by_label.get("None", 0) for by_label in splits.values())
 
     def count(self, split: str | None = None, plain: bool = False) -> int:
-        """Rows of ``split`` (view 0 only when ``plain``), from the key columns."""
-        return self._shard_rows(split, (0, 1), plain).num_rows
+        """Rows of ``split`` (view 0 only when ``plain``)."""
+        return sum(self.rows_per_file(split, plain))
 
     def pandas(self, split: str | None = None):
         return self.table(split).to_pandas()

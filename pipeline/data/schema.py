@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 FORMAT = 1
-MANIFEST, ERRORS, ERROR_PARTS = "_manifest.json", "_errors.parquet", "_errors"
+MANIFEST, ERRORS, ERROR_PARTS, UNITS = "_manifest.json", "_errors.parquet", "_errors", "_units"
 
 # The schema, defined once. Items (what a source lists) are the first four columns.
 ID, SOURCE, LABEL, SPLIT, VIEW, REASON = "id", "source", "label", "split", "view", "reason"
@@ -43,6 +43,17 @@ UNLABELED = -1  # a null label (an image from a source without labels) on its wa
 # Predictions (pipeline.inference.batch) are rows of the same directory format: metadata plus these.
 PREDICTED, CLASS, PROBABILITIES = "predicted", "class", "probabilities"
 COMPRESSION = "zstd"  # smaller than snappy on features, and read by every Parquet reader
+
+# In-flight columns: what rows carry between the stages of a pass, never written.
+ERROR = "error"  # why a row's image could not be read ("" when it could)
+IMAGE = "image"  # the uint8 crop; dropped by the model stage
+BYTES = "bytes"  # a JPEG for the model actor's GPU to decode (gpu_decode)
+LABEL_NAME = "label_name"  # the label's class name, when no index could be given while reading
+UNIT = "unit"  # the digest of the unit the row came from
+UNIT_ROWS = "unit_rows"  # on a unit's last rows: how many rows the unit made (else -1)
+READ_AT = "read_at"  # when the row's block was read (epoch seconds)
+READ_BYTES = "read_bytes"  # bytes the row's unit had read by then
+MODEL_DONE = "model_done"  # when the model actor finished the row's batch
 
 
 class FeatureSetError(ValueError):

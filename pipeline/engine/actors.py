@@ -26,8 +26,7 @@ import time
 
 import numpy as np
 
-from pipeline.data.decode import BYTES, ERROR, IMAGE, MODEL_DONE
-from pipeline.data.schema import CLASS, PREDICTED, PROBABILITIES
+from pipeline.data.schema import BYTES, CLASS, ERROR, IMAGE, MODEL_DONE, PREDICTED, PROBABILITIES
 from pipeline.engine.runtime import EngineSpec, OnnxEngine
 
 

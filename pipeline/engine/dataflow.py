@@ -1,10 +1,12 @@
-"""The Ray Data pass every image job shares: items -> decode tasks -> model actors -> writers.
+"""The Ray Data pass every image job shares: units -> decode tasks -> model actors -> writer.
 
 Featurizing and predicting differ only in the model actor (a callable class: load once in
-``__init__``, batch in, batch out) and the writer (a function writing its batch's rows and
-rejected items, returning counts); :func:`run_pass` wires them with the decode tasks of
-:mod:`pipeline.data.decode`. The network reaches the actors as a saved directory
-(:func:`stage_network`), so nothing large travels as an actor argument and nothing is unpickled.
+``__init__``, batch in, batch out) and what the writer writes (feature sets or predictions);
+:func:`run_pass` wires them with the decode stage of :mod:`pipeline.data.rows` and the writer
+actor of :mod:`pipeline.data.writers`. The pass's input is the plan's units, one per task, so a
+shard's members are enumerated by the task that decodes them and the driver never holds a row
+per image. The network reaches the actors as a saved directory (:func:`stage_network`), so
+nothing large travels as an actor argument and nothing is unpickled.
 
 Example:
 
@@ -19,25 +21,24 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import ray.data
 
-from pipeline.data.decode import MODEL_DONE, decode_batch
-from pipeline.data.schema import LABEL, UNLABELED
+from pipeline.data.parts import clear_unfinished, finished_units
+from pipeline.data.plan import DataPlan, Unit
+from pipeline.data.rows import decode_units
+from pipeline.data.writers import PartWriter
 from pipeline.engine.export import Normalized, export
 from pipeline.engine.runtime import EngineSpec, choose
 from pipeline.net.graph import TransferNet
 from pipeline.net.saved import SavedNet
 from pipeline.runs.logs import Progress
-from pipeline.settings import MAX_IMAGE_PIXELS, AugmentConfig, PassConfig, Preprocess
+from pipeline.settings import AugmentConfig, PassConfig, Preprocess
 
 log = logging.getLogger(__name__)
 NETWORKS = ".networks"  # under an output root: networks staged for the model actors
@@ -45,18 +46,18 @@ NETWORKS = ".networks"  # under an output root: networks staged for the model ac
 
 @dataclass(frozen=True)
 class Pass:
-    """One pass over images: how they are decoded, what the model actors run (a callable class
-    and its constructor arguments) and what the writers do with each batch."""
+    """One pass over images: how they are decoded (labels indexed by ``classes``; ``None``: by
+    the plan's), what the model actors run (a callable class and its constructor arguments)
+    and what the writer writes (:class:`~pipeline.data.writers.PartWriter`'s arguments)."""
 
     name: str
     preprocess: Preprocess
     model: type
     model_kwargs: dict
-    write: Callable[..., dict[str, np.ndarray]]
-    write_kwargs: dict
+    writer_kwargs: dict
     views: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_pixels: int = MAX_IMAGE_PIXELS
+    classes: list[str] | None = None
 
 
 STEADY_BATCHES = 4  # fewer, and a pass has no steady state to speak of
@@ -64,24 +65,31 @@ STEADY_BATCHES = 4  # fewer, and a pass has no steady state to speak of
 
 @dataclass
 class PassStats:
-    """What a pass did: images written and rejected (as the writers counted them), its wall
-    time, and its steady-state rate: the images the model stage finished after its first batch
-    over the time from that batch's end to its last one's (start-up, and what decoders read
-    ahead during it, excluded; 0 when the pass was too short to have one)."""
+    """What a pass did: images written and rejected (as the writer counted them), its wall
+    time, its steady-state rate (the images the model stage finished after its first batch
+    over the time from that batch's end to its last one's: start-up, and what decoders read
+    ahead during it, excluded; 0 when the pass was too short to have one), when its first part
+    was written, and the bytes its decoders had read by then."""
 
     images: int = 0
     errors: int = 0
     seconds: float = 0.0
     steady_images_per_s: float = 0.0
     batches: dict[float, int] = field(default_factory=dict)  # model batch end -> its images
+    first_part_at: float | None = None  # epoch seconds
+    reads: dict[str, list] = field(default_factory=dict)  # unit -> [(read at, bytes by then)]
 
-    def add(self, done: dict[str, np.ndarray]) -> None:
-        """Count one writer output (see :func:`pipeline.data.writers.counts`)."""
-        self.images += int(done["images"].sum())
-        self.errors += int(done["errors"].sum())
-        for end, images in zip(done[MODEL_DONE].tolist(), done["images"].tolist()):
+    def add(self, report: dict) -> None:
+        """Count one report of the writer (see :class:`~pipeline.data.writers.PartWriter`)."""
+        for end, images, errors in report["images"]:
+            self.images, self.errors = self.images + images, self.errors + errors
             if end == end:  # not NaN
-                self.batches[end] = self.batches.get(end, 0) + int(images)
+                self.batches[end] = self.batches.get(end, 0) + images
+        if report["parts"]:
+            first = min(report["parts"])
+            self.first_part_at = min(self.first_part_at or first, first)
+        for unit, at, read in report["read"]:
+            self.reads.setdefault(unit, []).append((at, read))
 
     def steady(self) -> float:
         """The rate the model stage sustained after its first batch (see the class doc)."""
@@ -90,28 +98,35 @@ class PassStats:
             return 0.0
         return sum(self.batches[t] for t in ends[1:]) / (ends[-1] - ends[0])
 
+    def bytes_before_first_part(self) -> int:
+        """What the decoders had read from storage when the first part was written."""
+        if self.first_part_at is None:
+            return 0
+        return sum(
+            max((read for at, read in events if at <= self.first_part_at), default=0)
+            for events in self.reads.values()
+        )
 
-def run_pass(items: pa.Table, cfg: PassConfig, spec: Pass) -> PassStats:
-    """Run ``spec`` over ``items`` on Ray Data (the caller's Ray), with one progress line on
-    the way."""
-    # unlabeled images (null labels) travel as UNLABELED through NumPy; writers restore null
-    labels = pc.fill_null(items.column(LABEL), UNLABELED)
-    items = items.set_column(items.schema.get_field_index(LABEL), LABEL, labels)
-    block = max(1, cfg.batch_size // (1 + spec.views))
-    blocks = [items.slice(i, block) for i in range(0, items.num_rows, block)]
+
+def run_pass(units: list[Unit], plan: DataPlan, cfg: PassConfig, spec: Pass) -> PassStats:
+    """Run ``spec`` over ``units`` of ``plan`` on Ray Data (the caller's Ray), with one
+    progress line on the way."""
+    slim = replace(plan, units=[])  # every decode task gets the plan; the units travel as rows
     ds = (
-        ray.data.from_arrow(blocks)
+        ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
         .map_batches(
-            decode_batch,
-            batch_size=None,
+            decode_units,
+            batch_size=1,
             batch_format="numpy",
             num_cpus=cfg.decode_cpus,
             compute=_decoders(cfg),
             fn_kwargs=dict(
+                plan=slim,
                 preprocess=spec.preprocess,
                 views=spec.views,
                 augment=spec.augment,
-                max_pixels=spec.max_pixels,
+                block_rows=max(1, cfg.batch_size // (1 + spec.views)),
+                classes=spec.classes,
                 gpu_jpeg=cfg.gpu_decode,
             ),
         )
@@ -125,22 +140,54 @@ def run_pass(items: pa.Table, cfg: PassConfig, spec: Pass) -> PassStats:
             fn_constructor_kwargs=spec.model_kwargs,
         )
         .map_batches(
-            spec.write,
+            PartWriter,
             batch_size=None,
             batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=cfg.write_cpus,
-            fn_kwargs=spec.write_kwargs,
+            fn_constructor_kwargs=spec.writer_kwargs,
         )
     )
-    progress, stats = Progress(spec.name, total=items.num_rows), PassStats()
+    total = sum(u.size or 0 for u in units) if all(u.size for u in units) else None
+    progress, stats = Progress(spec.name, total=total), PassStats()
     for done in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        stats.add(done)
+        for report in done["report"]:
+            stats.add(json.loads(report))
         rate = stats.images / progress.seconds
         progress.update(
             stats.images + stats.errors, f"images ({stats.errors} errors), {rate:.1f} images/s"
         )
     stats.seconds = progress.seconds
     stats.steady_images_per_s = stats.steady()
+    return stats
+
+
+ATTEMPTS = 3  # passes over the units a lost node took with it, before giving up
+
+
+def run_until_done(
+    units: list[Unit], plan: DataPlan, cfg: PassConfig, spec: Pass, outputs: list[str]
+) -> PassStats:
+    """:func:`run_pass` over ``units``, then again over any that left no completion marker in
+    every output (their rows were in the writer when its node was lost), each time after
+    removing what they left, up to :data:`ATTEMPTS` passes."""
+    stats = run_pass(units, plan, cfg, spec)
+    for attempt in range(2, ATTEMPTS + 1):
+        done = set.intersection(*(finished_units(uri) for uri in outputs))
+        lost = [u for u in units if u.digest not in done]
+        if not lost:
+            break
+        log.warning(
+            "%s: %d unit(s) left unfinished (a node lost mid-run?); running them again (pass %d)",
+            spec.name,
+            len(lost),
+            attempt,
+        )
+        for uri in outputs:
+            clear_unfinished(uri, keep=done)
+        again = run_pass(lost, plan, cfg, spec)
+        stats.images, stats.errors = stats.images + again.images, stats.errors + again.errors
+        stats.seconds += again.seconds
     return stats
 
 

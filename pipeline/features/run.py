@@ -10,12 +10,12 @@ without Ray; :func:`featurize` runs them in the shared Ray Data pass
 
 Example (needs a running Ray):
 
-    >>> from pipeline.data.sources import list_items
+    >>> from pipeline.data.listing import plan_data
     >>> from pipeline.features.run import featurize
     >>> from pipeline.net.builder import TransferLearning
     >>> from pipeline.settings import DataConfig, FeaturizeConfig
     >>> net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
-    >>> items = list_items(DataConfig(sources=[shapes]))
+    >>> items = plan_data(DataConfig(sources=[shapes]))
     >>> result = featurize(net, items, FeaturizeConfig(out=str(tmp / "features")))
     >>> features, labels = result.feature_sets[0].tensors(split="train")
     >>> features["pool"].shape[1:], len(labels) == items.count("train")
@@ -28,20 +28,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow
-import pyarrow as pa
 import ray
 import torch
 import torchvision
 
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.parts import finalize, scan
-from pipeline.data.schema import ID, SPLIT, FeatureSetError
-from pipeline.data.sources import Items
-from pipeline.data.writers import write_features
+from pipeline.data.parts import clear_unfinished, finalize, finished_units
+from pipeline.data.plan import DataPlan, Unit
+from pipeline.data.schema import FeatureSetError
 from pipeline.engine.actors import PrefixModel
-from pipeline.engine.dataflow import Pass, PassStats, prepare_engine, run_pass
+from pipeline.engine.dataflow import Pass, PassStats, prepare_engine, run_until_done
 from pipeline.features.plan import Target, plan, preprocess_of
 from pipeline.net.builder import TransferLearning
 from pipeline.net.graph import TransferNet
@@ -54,6 +51,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FeaturizeResult:
+    """What a featurize call did: the feature sets, the images it computed and rejected in this
+    run, how long the pass took and what its model stage sustained, when its first part was
+    written (seconds into the pass) and the bytes its decoders had read by then."""
+
     feature_sets: list[FeatureSet]
     images: int = 0
     errors: int = 0
@@ -61,6 +62,9 @@ class FeaturizeResult:
     cached: list[str] = field(default_factory=list)
     engine: str = ""  # what ran the prefix: onnxruntime or torch (none when all was cached)
     steady_images_per_s: float = 0.0  # what the model stage sustained after its first batch
+    units: tuple[int, int] = (0, 0)  # units this run read, of all the plan's
+    first_part_s: float | None = None
+    bytes_before_first_part: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -79,15 +83,17 @@ class FeaturizeResult:
 
 def featurize(
     net: TransferNet,
-    items: Items,
+    items: DataPlan,
     cfg: FeaturizeConfig,
     cuts: list[str | list[str]] | None = None,
     saved: SavedNet | None = None,
 ) -> FeaturizeResult:
-    """Run ``net``'s frozen prefix (or each cut's) over ``items`` once; return the feature sets.
+    """Run ``net``'s frozen prefix (or each cut's) over the planned images once; return the
+    feature sets.
 
     Needs a running Ray (the caller's ``ray.init``). Complete feature sets are reused; unfinished
-    ones are completed without redoing finished rows."""
+    ones are completed unit by unit: the units they hold a marker for are skipped, the rest
+    are done again from scratch (whatever a killed run left of them is removed first)."""
     cfg = cfg.model_copy(update={"out": absolute_uri(cfg.out)})
     targets = plan(net, items.fingerprint, cfg, cuts)
     done = {t.uri: _open_complete(t.uri) for t in targets}
@@ -96,16 +102,31 @@ def featurize(
     for uri in result.cached:
         log.debug("cache hit: %s is complete; reusing it", uri)
     if pending:
-        expected = _expected_views(items, cfg)
-        remaining = _remaining(items, pending, expected)
+        finished = set.intersection(*(finished_units(t.uri) for t in pending))
+        todo = [u for u in items.units if u.digest not in finished]
+        for t in pending:
+            clear_unfinished(t.uri, keep=finished)
+        result.units = (len(todo), len(items.units))
         start = time.perf_counter()
-        if remaining.num_rows:
-            stats, result.engine = _run(net, pending, remaining, cfg, saved, items.max_pixels)
+        if todo:
+            stats, result.engine = _run(net, pending, todo, items, cfg, saved)
             result.images, result.errors = stats.images, stats.errors
             result.steady_images_per_s = stats.steady_images_per_s
+            result.bytes_before_first_part = stats.bytes_before_first_part()
+            if stats.first_part_at is not None:
+                result.first_part_s = stats.first_part_at - (time.time() - stats.seconds)
         result.seconds = time.perf_counter() - start
+        digests = [u.digest for u in items.units]
         for t in pending:
-            done[t.uri] = finalize(t.uri, _manifest(t, items, cfg, net, result.engine), expected)
+            manifest = _manifest(t, items, cfg, net, result.engine)
+            done[t.uri] = finalize(t.uri, manifest, digests, items.classes)
+        log.debug(
+            "featurize: %d of %d units read; first part after %s s of the pass, %d bytes read "
+            "before it",
+            *result.units,
+            f"{result.first_part_s:.1f}" if result.first_part_s is not None else "-",
+            result.bytes_before_first_part,
+        )
     result.feature_sets = [done[t.uri] for t in targets]
     log.info(result.summary())
     return result
@@ -118,28 +139,13 @@ def _open_complete(uri: str) -> FeatureSet | None:
         return None
 
 
-def _expected_views(items: Items, cfg: FeaturizeConfig) -> dict[str, int]:
-    ids, splits = items.table.column(ID).to_pylist(), items.table.column(SPLIT).to_pylist()
-    return {i: 1 + (cfg.views if s in cfg.augment.splits else 0) for i, s in zip(ids, splits)}
-
-
-def _remaining(items: Items, pending: list[Target], expected: dict[str, int]) -> pa.Table:
-    """Items some pending feature set still lacks (every view of it, or its error record)."""
-    done = None
-    for t in pending:
-        finished = scan(t.uri).done_items(expected)
-        done = finished if done is None else done & finished
-    mask = [i not in done for i in items.table.column(ID).to_pylist()]
-    return items.table.filter(pa.array(mask, pa.bool_()))
-
-
 def _run(
     net: TransferNet,
     pending: list[Target],
-    remaining: pa.Table,
+    units: list[Unit],
+    items: DataPlan,
     cfg: FeaturizeConfig,
     saved: SavedNet | None,
-    max_pixels: int,
 ) -> tuple[PassStats, str]:
     """One pass computing every pending target's frontier: ``net`` itself when it is their
     network (its save form ``saved`` staged for the actors), else ``net`` frozen through the
@@ -150,9 +156,6 @@ def _run(
     else:
         union = net
     shapes = {name: shape for t in pending for name, shape in t.shapes.items()}
-    for t in pending:
-        fs, root = fsspec.core.url_to_fs(t.uri)
-        fs.makedirs(root, exist_ok=True)
     preprocess = preprocess_of(net, cfg)
     base = (net.spec.get("base") or {}).get("model", "the network")
     engine = prepare_engine(
@@ -163,25 +166,34 @@ def _run(
         what=f"the frozen prefix of {base} (up to {', '.join(shapes)})",
         saved=saved,
     )
-    stats = run_pass(
-        remaining,
+    writer = dict(
+        targets=[(t.uri, t.shapes) for t in pending],
+        dtype=cfg.dtype,
+        named=items.classes is None,
+        part_rows=cfg.part_rows,
+        part_mib=cfg.part_mib,
+    )
+    stats = run_until_done(
+        units,
+        items,
         cfg,
         Pass(
             "featurize",
             preprocess,
             PrefixModel,
             dict(engine=engine, shapes=shapes, dtype=cfg.dtype),
-            write_features,
-            dict(targets=[(t.uri, t.shapes) for t in pending], dtype=cfg.dtype),
+            writer,
             views=cfg.views,
             augment=cfg.augment,
-            max_pixels=max_pixels,
         ),
+        [t.uri for t in pending],
     )
     return stats, engine.kind
 
 
-def _manifest(t: Target, items: Items, cfg: FeaturizeConfig, net: TransferNet, engine: str) -> dict:
+def _manifest(
+    t: Target, items: DataPlan, cfg: FeaturizeConfig, net: TransferNet, engine: str
+) -> dict:
     # the engine is recorded, not fingerprinted: onnxruntime and torch agree to ~1e-5, below
     # float16 storage rounding, so a set made by either serves both
     return dict(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pipeline.data.sources import Items, list_items
+from pipeline.data.listing import plan_data
+from pipeline.data.plan import DataPlan
 from pipeline.features.run import FeaturizeResult, featurize
 from pipeline.inference.batch import accuracy, predict, read_predictions
 from pipeline.net.graph import TransferNet
@@ -46,7 +48,7 @@ def run_featurize(cfg: FeaturizeJobConfig, base: TransferNet | None = None) -> F
     network the job's checks built (built here when not given)."""
     net = base if base is not None else zoo_network(cfg.model)
     cuts = cfg.cuts or [cfg.model.cuts() or cut_for(net, 0, head_of(net, cfg.model))]
-    return featurize(net, list_items(cfg.data), cfg.featurize, cuts=cuts)
+    return featurize(net, plan_data(cfg.data), cfg.featurize, cuts=cuts)
 
 
 def run_train(cfg: TrainJobConfig, base: TransferNet | None = None) -> FitResult:
@@ -56,8 +58,10 @@ def run_train(cfg: TrainJobConfig, base: TransferNet | None = None) -> FitResult
     # Ray Train and Tune load with the flows that use them (~1 s, ~35 MiB a featurize job skips)
     from pipeline.train.fit import fit, fit_featurized
 
-    items = list_items(cfg.data)
-    net = build_network(cfg.model, items.classes, cfg.train.fine_tune, base)
+    items = plan_data(cfg.data)
+    base = base if base is not None else _base(cfg.model)
+    classes = items.classes or _classes_of(base, items, cfg)
+    net = build_network(cfg.model, classes, cfg.train.fine_tune, base)
     saved = net.saved()  # once: the actors' copy, the run's name and the workers' copy
     if cfg.mode == "end_to_end":
         return fit(net, items, cfg.train, saved=saved)
@@ -65,17 +69,36 @@ def run_train(cfg: TrainJobConfig, base: TransferNet | None = None) -> FitResult
     return fit_featurized(net, feature_set, cfg.train, saved=saved)
 
 
+def _base(model) -> TransferNet:
+    """The network a flow edits: the exported ``start_from``, else the zoo model."""
+    return load(model.start_from) if model.start_from else zoo_network(model)
+
+
+def _classes_of(base: TransferNet, items: DataPlan, cfg: TrainJobConfig) -> list[str]:
+    """Class names only reading the shards can tell: featurize first (the frozen prefix does
+    not depend on the head, so the fit's own featurize finds this set complete)."""
+    if cfg.mode == "end_to_end":
+        raise ValueError(
+            "the shards' labels have no names, so the classes are known only after reading "
+            "every shard: give the source's label_names, or train with mode: features"
+        )
+    head = head_of(base, cfg.model)
+    cut = cfg.model.cuts() if cfg.model.cut is not None else cut_for(base, 0, head)
+    (feature_set,) = featurize(base, items, cfg.featurize, cuts=[cut]).feature_sets
+    return feature_set.classes
+
+
 def run_predict(cfg: PredictJobConfig, net: TransferNet | None = None) -> str:
     """``jobs.predict``: the exported network (loaded by the job's checks, or here), classify
     the images, log a summary (with accuracy when the images carry labels of the network's
     classes)."""
     net = net if net is not None else load(cfg.model)
-    items = list_items(cfg.data)
-    out = predict(net, items, cfg.predict)
+    out = predict(net, plan_data(cfg.data), cfg.predict)
     table = read_predictions(out)
     line = f"predict: {table.num_rows} predictions -> {out}"
-    if net.spec.get("classes") == items.classes and table.num_rows:
-        line += f"; accuracy against the folder labels {accuracy(table):.3f}"
+    score = accuracy(table) if table.num_rows else float("nan")
+    if score == score:  # some images carry labels among the network's classes
+        line += f"; accuracy against the data's labels {score:.3f}"
     log.info(line)
     return out
 
@@ -85,20 +108,26 @@ def run_sweep(cfg: TuneJobConfig, base: TransferNet | None = None) -> SweepResul
     interrupted sweep of the same name), then write the table, the plots, the best network and
     the report. ``base``: the zoo network the job's checks built."""
     from pipeline.train.fit import check_rows
-    from pipeline.tune.plan import plan_sweep, used_items
+    from pipeline.tune.plan import plan_sweep
     from pipeline.tune.results import sweep_outputs
     from pipeline.tune.trials import run_trials
 
     start, sweep, train = time.perf_counter(), cfg.sweep, cfg.train
-    items = used_items(
-        list_items(cfg.data), [train.train_split, train.val_split, *cfg.test_splits()]
-    )
+    splits = [train.train_split, train.val_split, *cfg.test_splits()]
+    items = plan_data(cfg.data).only(splits)
     # before any trial starts: a sweep ranks its trials by the metric, and val_* needs val rows
     metric = train.model_copy(update={"metric": sweep.metric})
-    check_rows(items.count(metric.train_split), items.count(metric.val_split), metric, "the data")
+    if items.counts is not None:  # shards: only reading them can tell (their feature sets do)
+        where = "the data"
+        check_rows(items.count(metric.train_split), items.count(metric.val_split), metric, where)
     name = sweep.name or sweep_name(cfg, items)
     path = f"{absolute_uri(sweep.storage).rstrip('/')}/{name}"
     base = base if base is not None else zoo_network(cfg.model)
+    if items.classes is None:  # found while featurizing, which a sweep does first anyway
+        head = head_of(base, cfg.model)
+        cuts = [cut_for(base, d, head) for d in sweep.depths() if not d.everything]
+        found = featurize(base, items, cfg.featurize, cuts=cuts).feature_sets
+        items = replace(items, classes=found[0].classes)
     plan = plan_sweep(sweep, train, cfg.model, base, items, path)
     featurize_seconds = 0.0
     frozen = plan.frozen_cuts()
@@ -124,7 +153,7 @@ def run_sweep(cfg: TuneJobConfig, base: TransferNet | None = None) -> SweepResul
     return out
 
 
-def sweep_name(cfg: TuneJobConfig, items: Items) -> str:
+def sweep_name(cfg: TuneJobConfig, items: DataPlan) -> str:
     """The default sweep name: ``<label>-<hash>`` of every setting that changes the result and
     of the data, so re-running the same sweep resumes it and changing anything starts a new
     one."""

@@ -4,19 +4,20 @@
 :mod:`pipeline.engine.dataflow`) with the whole network in the actors, and writes Parquet rows of
 id, source, label, split, the predicted class (index and name) and every class's probability.
 Unreadable images go to ``_errors.parquet``; ``_manifest.json`` is written last; an interrupted
-run is completed without redoing finished rows. ``output_from_featurized`` is DL4J's helper of
-that name.
+run is completed unit by unit without redoing finished units. ``output_from_featurized`` is
+DL4J's helper of that name.
 
 Example (needs a running Ray):
 
-    >>> from pipeline.data import sources
+    >>> from pipeline.data.listing import plan_data
     >>> from pipeline.net.builder import TransferLearning
     >>> from pipeline.inference.batch import predict, read_predictions
     >>> from pipeline.settings import DataConfig, PredictConfig
     >>> net = TransferLearning("tiny:cnn").n_out_replace("fc2", 5).build()
-    >>> items = sources.list_items(DataConfig(sources=[shapes]))
+    >>> items = plan_data(DataConfig(sources=[shapes]))
+    >>> net.spec["classes"] = items.classes
     >>> out = predict(net, items, PredictConfig(out=str(tmp / "predictions")))
-    >>> read_predictions(out).num_rows == items.table.num_rows
+    >>> read_predictions(out).num_rows == items.count("train") + items.count("val")
     True
 """
 
@@ -31,12 +32,11 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.parts import finalize, scan
+from pipeline.data.parts import clear_unfinished, finalize, finished_units
+from pipeline.data.plan import DataPlan
 from pipeline.data.schema import ID, LABEL, MANIFEST, PREDICTED
-from pipeline.data.sources import Items
-from pipeline.data.writers import write_predictions
 from pipeline.engine.actors import Predictor
-from pipeline.engine.dataflow import Pass, prepare_engine, run_pass
+from pipeline.engine.dataflow import Pass, prepare_engine, run_until_done
 from pipeline.features.plan import check_feature_set
 from pipeline.net.graph import TransferNet
 from pipeline.net.saved import SavedNet
@@ -46,7 +46,7 @@ from pipeline.settings import PredictConfig, Preprocess
 log = logging.getLogger(__name__)
 
 
-def _identity(saved: SavedNet, items: Items) -> dict:
+def _identity(saved: SavedNet, items: DataPlan) -> dict:
     return {
         "kind": "predictions",
         "network_sha256": hashlib.sha256(saved.files["spec.json"]).hexdigest(),
@@ -56,16 +56,19 @@ def _identity(saved: SavedNet, items: Items) -> dict:
 
 def predict(
     net: TransferNet,
-    items: Items,
+    items: DataPlan,
     cfg: PredictConfig | None = None,
     classes: list[str] | None = None,
 ) -> str:
-    """Classify every item with ``net`` (the assembled network) on Ray Data; returns the output
-    directory. ``classes`` defaults to those the network was trained on, else the items'."""
+    """Classify every planned image with ``net`` (the assembled network) on Ray Data; returns
+    the output directory. ``classes`` defaults to those the network was trained on, else the
+    data's; an image's ``label`` is its class's index among them (null when it has none)."""
     cfg = cfg or PredictConfig()
     # the writers run in their node's directory, not this process's
     cfg = cfg.model_copy(update={"out": absolute_uri(cfg.out)})
     classes = classes or net.spec.get("classes") or items.classes
+    if not classes:
+        raise ValueError("the network names no classes: pass classes=[...] to predict")
     preprocess = Preprocess(**net.spec["preprocess"])
     saved = net.saved()  # once: the output's identity and the actors' copy
     identity = dict(_identity(saved, items), classes=classes)
@@ -80,26 +83,21 @@ def predict(
             "another predict.out or remove it"
         )
     fs.makedirs(root, exist_ok=True)
-    expected = {i: 1 for i in items.table.column(ID).to_pylist()}
-    finished = scan(cfg.out).done_items(expected)
-    mask = [i not in finished for i in items.table.column(ID).to_pylist()]
-    remaining = items.table.filter(pa.array(mask, pa.bool_()))
-    if remaining.num_rows:
+    finished = finished_units(cfg.out)
+    clear_unfinished(cfg.out, keep=finished)
+    todo = [u for u in items.units if u.digest not in finished]
+    if todo:
         engine = prepare_engine(net, [], preprocess, cfg, what="the network", saved=saved)
-        run_pass(
-            remaining,
-            cfg,
-            Pass(
-                "predict",
-                preprocess,
-                Predictor,
-                dict(engine=engine, classes=classes),
-                write_predictions,
-                dict(uri=cfg.out, n_classes=len(classes)),
-                max_pixels=items.max_pixels,
-            ),
+        writer = dict(
+            targets=[(cfg.out, None)],
+            n_classes=len(classes),
+            part_rows=cfg.part_rows,
+            part_mib=cfg.part_mib,
         )
-    finalize(cfg.out, identity, expected)
+        model = dict(engine=engine, classes=classes)
+        spec = Pass("predict", preprocess, Predictor, model, writer, classes=classes)
+        run_until_done(todo, items, cfg, spec, [cfg.out])
+    finalize(cfg.out, identity, [u.digest for u in items.units], classes)
     return cfg.out
 
 
@@ -110,9 +108,10 @@ def read_predictions(uri: str) -> pa.Table:
 
 
 def accuracy(predictions: pa.Table) -> float:
-    """Share of predictions equal to the items' labels."""
-    correct = pc.sum(pc.equal(predictions.column(PREDICTED), predictions.column(LABEL))).as_py()
-    return correct / predictions.num_rows if predictions.num_rows else float("nan")
+    """Share of the labelled predictions equal to their images' labels (NaN: none labelled)."""
+    labelled = predictions.filter(pc.is_valid(predictions.column(LABEL)))
+    correct = pc.sum(pc.equal(labelled.column(PREDICTED), labelled.column(LABEL))).as_py()
+    return (correct or 0) / labelled.num_rows if labelled.num_rows else float("nan")
 
 
 @torch.no_grad()

@@ -56,6 +56,12 @@ class DataConfig(Settings):
         default_factory=lambda: {"train": 0.8, "val": 0.2},
         description="ratios for items whose source gives no split",
     )
+    files_per_unit: int = Field(
+        1000,
+        gt=0,
+        description="images per unit of work of a folder or a manifest (a shard is one unit): "
+        "a unit is read by one task, written as its own parts and resumed as a whole",
+    )
     max_image_pixels: int = Field(
         MAX_IMAGE_PIXELS, gt=0, description="larger images are refused as decompression bombs"
     )

@@ -25,8 +25,9 @@ class PassConfig(Settings):
     batch_size: int = Field(
         256,
         gt=0,
-        description="images per Ray Data batch: a decode task's, an actor call's and a Parquet "
-        "part's (a CPU model runs them 8 at a time); fewer, larger batches cost Ray less",
+        description="images per Ray Data batch: a decode task's block and an actor call's (a "
+        "CPU model runs them 8 at a time); fewer, larger batches cost Ray less. Parts are sized "
+        "by part_rows and part_mib, not by batch",
     )
     actors: int = Field(1, gt=0, description="model actors (one per GPU on a GPU cluster)")
     actor_cpus: float = Field(0.5, gt=0, description="fractional, so decoders keep running")
@@ -50,7 +51,13 @@ class PassConfig(Settings):
         description="GPU actors: JPEGs travel as bytes and are decoded, resized and "
         "cropped on the actor's GPU (torchvision.io.decode_jpeg); other images on CPUs",
     )
-    write_cpus: float = Field(0.25, gt=0)
+    write_cpus: float = Field(0.25, gt=0, description="the writer actor's")
+    part_rows: int = Field(
+        100_000, gt=0, description="rows a Parquet part holds at most (a unit's rows, or fewer)"
+    )
+    part_mib: float = Field(
+        128, gt=0, description="MiB of data a Parquet part holds at most (a unit's, or less)"
+    )
     channels_last: bool = True
 
     @model_validator(mode="after")

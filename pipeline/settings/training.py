@@ -65,6 +65,12 @@ class TrainConfig(Settings):
         "larger shard is read from its Parquet files a few rows at a time (pyarrow) through a "
         "seeded shuffle buffer. Default: a quarter of the node's memory over the workers",
     )
+    image_buffer: int = Field(
+        1024,
+        gt=0,
+        description="end to end on shards (read front to back): images (as their encoded "
+        "bytes) a worker's shuffle buffer holds; a shard that holds one class needs more",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(

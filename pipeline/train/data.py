@@ -1,9 +1,9 @@
 """What a training worker reads: its shard of a split, as batches of frontier tensors.
 
 A fit's data is a :class:`FeatureInput` (a feature set: the frontier was computed once) or an
-:class:`ImageInput` (items: decoded, maybe augmented, and run through the frozen prefix under
-no-grad every epoch). Either way a worker gets every world-th row of the split sorted by id,
-and the epoch loop sees the same ``(inputs, labels)`` batches.
+:class:`ImageInput` (images: decoded, maybe augmented, and run through the frozen prefix under
+no-grad every epoch: :mod:`pipeline.train.images`). Either way a worker gets its share of the
+split, and the epoch loop sees the same ``(inputs, labels)`` batches.
 
 Example:
 
@@ -14,37 +14,18 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from pipeline.data.decode import (
-    BadImage,
-    augmented,
-    augmented_side,
-    read_image,
-    resize_crop,
-    view_seed,
-)
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.schema import ID, SOURCE, SPLIT, labels_of
-from pipeline.data.shards import fetch
-from pipeline.engine.export import build_engine
+from pipeline.data.plan import DataPlan
 from pipeline.net.graph import TransferNet
-from pipeline.settings import MAX_IMAGE_PIXELS, AugmentConfig, Preprocess, TrainConfig
+from pipeline.settings import Preprocess, TrainConfig
+from pipeline.train.images import image_data
 from pipeline.train.streaming import StreamedFeatures, shuffle_buffer_rows, streams
-
-log = logging.getLogger(__name__)
-DECODERS = 2  # threads decoding a training worker's images (PIL and torch release the GIL)
 
 
 @dataclass(frozen=True)
@@ -56,15 +37,14 @@ class FeatureInput:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """Train on images (``items``), read with ``preprocess`` (larger than ``max_pixels``:
-    skipped); ``once``: run the frozen prefix over them once, in the worker, and hold the
-    features (a trial that featurizes for itself, the per-trial baseline of
+    """Train on images (the ``plan``'s units: the workers enumerate their members), read with
+    ``preprocess``; ``once``: run the frozen prefix over them once, in the worker, and hold
+    the features (a trial that featurizes for itself, the per-trial baseline of
     ``jobs.benchmark sweep``)."""
 
-    items: pa.Table
+    plan: DataPlan
     preprocess: Preprocess
     once: bool = False
-    max_pixels: int = MAX_IMAGE_PIXELS
 
 
 Input = FeatureInput | ImageInput
@@ -84,7 +64,7 @@ class FeatureData:
         return cls(features, labels, list(fs.shapes))
 
     @classmethod
-    def of_images(cls, images: ImageData, device) -> FeatureData:
+    def of_images(cls, images, device) -> FeatureData:
         """Run the frozen prefix over ``images`` once and hold the result."""
         empty = {n: torch.empty(0, *images.shapes[n]) for n in images.names}
         parts, labels = [[empty[n] for n in images.names]], [torch.empty(0, dtype=torch.int64)]
@@ -105,105 +85,6 @@ class FeatureData:
             )
 
 
-class ImageData:
-    """A worker's shard of an image split: decoded (and augmented: a random resized crop and
-    flip seeded by (item, epoch), so a resumed run sees the same crops) by a few threads a
-    batch ahead, then run through the frozen prefix on its engine, so each batch arrives as
-    frontier tensors like :class:`FeatureData`'s."""
-
-    def __init__(
-        self,
-        items: pa.Table,
-        split: str,
-        shard: tuple[int, int],
-        net: TransferNet,
-        preprocess: Preprocess,
-        augment: AugmentConfig | None,
-        max_pixels: int,
-        device,
-        engine: str = "auto",
-        threads: int | None = None,
-        cache: str | None = None,
-    ):
-        table = items.filter(pc.equal(items.column(SPLIT), split))
-        table = table.take(pc.sort_indices(table, [(ID, "ascending")]))
-        rank, world = shard
-        table = table.take(pa.array(np.arange(rank, table.num_rows, world), pa.int64()))
-        self.ids, self.sources = table.column(ID).to_pylist(), table.column(SOURCE).to_pylist()
-        self.labels = torch.from_numpy(labels_of(table))
-        self.preprocess, self.augment, self.max_pixels = preprocess, augment, max_pixels
-        self.side = max(
-            preprocess.resize_size, augmented_side(preprocess.crop_size, augment) if augment else 0
-        )
-        self.names, self.shapes, self.skipped = net.frontier(), net.frontier_shapes(), 0
-        self.prefix = build_engine(
-            net.prefix(),
-            self.names,
-            preprocess,
-            engine,
-            torch.device(device).type,
-            threads,
-            cache=cache,
-            key=net.prefix_sha256(),
-            what="the frozen prefix",
-        )
-        self.say_every: float | None = None  # seconds between progress lines (rank 0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int, epoch: int, data=None) -> tuple[np.ndarray, bool]:
-        """Row ``i`` as a uint8 crop (blank and False when unreadable); ``data``: its bytes when
-        fetched already (a shard member)."""
-        try:
-            image = read_image(self.sources[i], self.max_pixels, self.side, data)
-        except (BadImage, OSError):
-            size = self.preprocess.crop_size
-            return np.zeros((3, size, size), np.uint8), False
-        if self.augment is None:
-            return resize_crop(image, self.preprocess), True
-        seed = view_seed(self.ids[i], epoch, self.augment.seed)
-        return augmented(image, self.preprocess.crop_size, self.augment, seed), True
-
-    def batches(self, order: list[torch.Tensor], epoch: int, device) -> Iterator:
-        start = last = time.perf_counter()
-        with ThreadPoolExecutor(DECODERS) as pool:
-            ahead = deque()
-            for step, idx in enumerate(order, 1):
-                rows = idx.tolist()
-                fetched = fetch([self.sources[i] for i in rows])  # shard members: one read a shard
-                decoding = [
-                    pool.submit(self.image, i, epoch, fetched.get(self.sources[i])) for i in rows
-                ]
-                ahead.append((idx, decoding))
-                if len(ahead) < 2 and step < len(order):
-                    continue  # one batch decodes while the previous one runs
-                yield from self._run(*ahead.popleft(), device)
-                now = time.perf_counter()
-                if self.say_every and now - last > self.say_every:
-                    last = now
-                    log.info(
-                        "epoch %d: batch %d/%d, %.1f images/s",
-                        epoch,
-                        step,
-                        len(order),
-                        sum(map(len, order[:step])) / (now - start),
-                    )
-            while ahead:
-                yield from self._run(*ahead.popleft(), device)
-
-    def _run(self, idx: torch.Tensor, decoding: list, device) -> Iterator:
-        crops = [f.result() for f in decoding]
-        ok = np.array([good for _, good in crops], dtype=bool)
-        self.skipped += int((~ok).sum())
-        if ok.any():
-            features = self.prefix(np.stack([c for c, good in crops if good]))
-            yield (
-                [torch.from_numpy(features[n]).to(device) for n in self.names],
-                self.labels[idx][torch.from_numpy(ok)].to(device),
-            )
-
-
 def open_shards(
     data: Input,
     net: TransferNet,
@@ -211,7 +92,7 @@ def open_shards(
     shard: tuple[int, int],
     device,
     cache: str | None = None,
-) -> tuple[FeatureData | ImageData, FeatureData | ImageData]:
+) -> tuple:
     """This rank's (train, val) shards of ``data`` (``cache``: where images' engines keep
     their exported prefix)."""
     if isinstance(data, FeatureInput):
@@ -230,18 +111,19 @@ def open_shards(
             FeatureData.read(fs, cfg.val_split, shard, plain=True),
         )
     shards = tuple(
-        ImageData(
-            data.items,
+        image_data(
+            data.plan,
             split,
             shard,
             net,
-            data.preprocess,
-            augment,
-            data.max_pixels,
-            device,
-            cfg.engine,
-            max(1, int(cfg.cpus_per_worker)),
-            cache,
+            augment=augment,
+            device=device,
+            engine=cfg.engine,
+            threads=max(1, int(cfg.cpus_per_worker)),
+            cache=cache,
+            preprocess=data.preprocess,
+            buffer_rows=cfg.image_buffer,
+            seed=cfg.fine_tune.seed if cfg.fine_tune else 0,
         )
         for split, augment in ((cfg.train_split, cfg.augment), (cfg.val_split, None))
     )

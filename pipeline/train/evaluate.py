@@ -11,42 +11,30 @@ Example (needs a running Ray for the feature set):
 
 from __future__ import annotations
 
-import torch
-
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.sources import Items
+from pipeline.data.plan import DataPlan
 from pipeline.features.plan import check_feature_set
 from pipeline.net.graph import TransferNet
-from pipeline.settings import Preprocess
-from pipeline.train.data import FeatureData, ImageData, in_order
+from pipeline.train.data import FeatureData, in_order
+from pipeline.train.images import image_data
 from pipeline.train.metrics import Evaluation, evaluate_batches
 
 
 def evaluate(
     net: TransferNet,
-    data: FeatureSet | str | Items,
+    data: FeatureSet | str | DataPlan,
     split: str = "val",
     k: int = 5,
     batch_size: int = 256,
     engine: str = "auto",
 ) -> Evaluation:
     """Metrics, per-class accuracy and confusion matrix of ``net`` on one split of a feature set
-    (through the trainable part; the set must match the net) or of images (the frozen prefix on
-    ``engine``, then the trainable part)."""
-    if isinstance(data, Items):
+    (through the trainable part; the set must match the net) or of planned images (the frozen
+    prefix on ``engine``, then the trainable part; read in this process)."""
+    if isinstance(data, DataPlan):
         if data.unlabeled(split):
             raise ValueError(f"split {split!r} has unlabeled images: nothing to score them against")
-        source = ImageData(
-            data.table,
-            split,
-            (0, 1),
-            net,
-            Preprocess(**net.spec["preprocess"]),
-            None,
-            data.max_pixels,
-            torch.device("cpu"),
-            engine,
-        )
+        source = image_data(data, split, (0, 1), net, augment=None, device="cpu", engine=engine)
         classes = data.classes
     else:
         fs = FeatureSet.open(data) if isinstance(data, str) else data

@@ -29,7 +29,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
 
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.sources import Items
+from pipeline.data.plan import DataPlan
 from pipeline.features.plan import check_feature_set
 from pipeline.net.graph import TransferNet
 from pipeline.net.saved import SavedNet
@@ -103,7 +103,7 @@ def fit_featurized(
 
 def fit(
     net: TransferNet,
-    items: Items,
+    items: DataPlan,
     config: TrainConfig | None = None,
     saved: SavedNet | None = None,
 ) -> FitResult:
@@ -115,12 +115,16 @@ def fit(
             "the network has no preprocessing (resize, crop, mean, std) to read "
             "images with; build it from a zoo model"
         )
-    rows = items.count(config.train_split)
-    check_rows(rows, items.count(config.val_split), config, "the items")
-    check_labeled(items.unlabeled, config, "the items")
-    data = ImageInput(
-        items.table, Preprocess(**net.spec["preprocess"]), max_pixels=items.max_pixels
-    )
+    if items.classes is None:
+        raise ValueError(
+            "end-to-end training needs the class names before it starts, and these shards "
+            "label their images without names: give the source's label_names"
+        )
+    rows = items.count(config.train_split)  # None (shards): the workers count theirs
+    if rows is not None:
+        check_rows(rows, items.count(config.val_split), config, "the data")
+        check_labeled(items.unlabeled, config, "the data")
+    data = ImageInput(items, Preprocess(**net.spec["preprocess"]))
     return _fit_on(net, data, rows, items.fingerprint, items.classes, config, saved)
 
 
@@ -193,7 +197,7 @@ def torch_trainer(
 def _fit_on(
     net: TransferNet,
     data: FeatureInput | ImageInput,
-    rows: int,
+    rows: int | None,
     identity: str,
     classes: list[str],
     cfg: TrainConfig,
@@ -205,9 +209,9 @@ def _fit_on(
     run_dir = f"{storage.rstrip('/')}/{name}"
     start = time.perf_counter()
     log.info(
-        "fit: %s, %d training rows, up to %d epochs (Ray Train) -> %s",
+        "fit: %s, %s training rows, up to %d epochs (Ray Train) -> %s",
         "feature set" if isinstance(data, FeatureInput) else "images",
-        rows,
+        rows if rows is not None else "the shards'",
         cfg.epochs,
         run_dir,
     )

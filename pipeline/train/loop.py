@@ -42,7 +42,8 @@ from pipeline.net.saving import from_files
 from pipeline.runs.logs import current_file, worker_setup
 from pipeline.settings import FineTuneConfig, TrainConfig
 from pipeline.train.checkpoints import restore, save_checkpoint
-from pipeline.train.data import ImageData, Input, epoch_order, in_order, open_shards
+from pipeline.train.data import Input, epoch_order, in_order, open_shards
+from pipeline.train.images import ImageData, StreamedImages
 from pipeline.train.metrics import Counts, Evaluation, evaluate_batches, should_stop
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class WorkerSpec:
     train: TrainConfig
     network: SavedNet | None  # None: the caller hands Fit the network it built
     data: Input
-    rows: int
+    rows: int | None  # None: the ranks count their shards of images
     run_dir: str
     classes: list[str]
     progress: object | None = None  # a ray.util.queue.Queue
@@ -135,8 +136,7 @@ class Fit:
         self.train_data, self.val_data = open_shards(
             spec.data, self.net, cfg, (rank, world), self.device, cache=f"{spec.run_dir}/.engine"
         )
-        # a streamed shard holds whole files, so the busiest rank's rows set every rank's steps
-        self.per_rank = getattr(self.train_data, "per_rank", None) or math.ceil(spec.rows / world)
+        self.per_rank = self._per_rank(spec.rows)
         steps = math.ceil(self.per_rank / cfg.batch_size)
         self.opt, self.sched = build_optimizer(
             self.net, self.fine_tune, total_steps=cfg.epochs * steps
@@ -144,9 +144,23 @@ class Fit:
         self.history: list[dict] = []
         self.attempts: list[list[int]] = [[]]
         self.evaluation: dict = {}
-        if rank == 0 and isinstance(self.train_data, ImageData):
+        if rank == 0 and isinstance(self.train_data, ImageData | StreamedImages):
             self.train_data.say_every = 30.0
         self.model = prepare(self.net.trainable())
+
+    def _per_rank(self, rows: int | None) -> int:
+        """Training rows every rank steps through an epoch: a streamed shard holds whole files,
+        so the busiest rank's rows set every rank's steps; unknown rows (shards of images) are
+        counted by the ranks themselves."""
+        streamed = getattr(self.train_data, "per_rank", None)
+        if streamed:
+            return streamed
+        if rows is None:
+            local = len(self.train_data)
+            if not _sum(local, self.world):
+                raise ValueError(f"no {self.spec.train.train_split!r} rows to train on")
+            return int(_sum(local, self.world, "MAX"))
+        return math.ceil(rows / self.world)
 
     def restore(self, checkpoint) -> None:
         """Continue from a checkpoint (a directory or a Ray ``Checkpoint``)."""
@@ -193,7 +207,7 @@ class Fit:
             # the busiest worker's peak memory: what streaming a shard (or not) costs
             "worker_peak_mib": _sum(peak_rss_mib(), world, "MAX"),
         }
-        if isinstance(self.train_data, ImageData):  # unreadable images, skipped every epoch
+        if isinstance(self.train_data, ImageData | StreamedImages):  # skipped every epoch
             skipped = self.train_data.skipped + self.val_data.skipped
             metrics["skipped_images"] = _sum(skipped, world)
             self.train_data.skipped = self.val_data.skipped = 0

@@ -20,15 +20,10 @@ Example: what a sampled trial trains
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from pipeline.data.featureset import FeatureSet
-from pipeline.data.schema import SPLIT
-from pipeline.data.sources import Items
+from pipeline.data.plan import DataPlan
 from pipeline.features.plan import check_feature_set
 from pipeline.net import zoo
 from pipeline.net.graph import TransferNet
@@ -66,7 +61,7 @@ class SweepPlan:
     head: str
     cuts: dict[str, list[str]]
     networks: dict[str, SavedNet]
-    items: Items
+    items: DataPlan
     preprocess: Preprocess
     feature_sets: dict[str, str] = field(default_factory=dict)
     start_from: str | None = None  # compare: the frozen row's best checkpoint
@@ -82,7 +77,7 @@ def plan_sweep(
     train: TrainConfig,
     model: ModelConfig,
     base: TransferNet,
-    items: Items,
+    items: DataPlan,
     path: str,
 ) -> SweepPlan:
     """The network of every depth the sweep can sample: a copy of ``base`` (the zoo model, loaded
@@ -185,17 +180,7 @@ def trial_spec(
         data, rows = FeatureInput(fs.uri), fs.count(train.train_split)
     else:
         once = bool(plan.cuts[key]) and train.augment is None  # per_trial: featurize once
-        data = ImageInput(plan.items.table, plan.preprocess, once, plan.items.max_pixels)
-        rows = plan.items.count(train.train_split)
+        data = ImageInput(plan.items, plan.preprocess, once)
+        rows = plan.items.count(train.train_split)  # None: the workers count their shards
     spec = WorkerSpec(train, None, data, rows, run_dir, plan.items.classes, log_file=plan.log_file)
     return spec, net
-
-
-def used_items(items: Items, splits: list[str]) -> Items:
-    """Only the rows in ``splits`` (a share of the data can be set aside under another split
-    name, e.g. ``rest``, and is then never decoded)."""
-    table = items.table.filter(pc.is_in(items.table.column(SPLIT), pa.array(splits)))
-    if table.num_rows == items.table.num_rows:  # the same data: share jobs.train's feature sets
-        return items
-    digest = hashlib.sha256(f"{items.fingerprint}{sorted(splits)}".encode()).hexdigest()
-    return Items(table, items.classes, digest, items.max_pixels)

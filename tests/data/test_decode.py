@@ -5,10 +5,9 @@ import pytest
 from PIL import Image
 
 from conftest import add_bad_files
-from pipeline.data import sources
-from pipeline.data.decode import BadImage, augmented, decode_batch, read_image, resize_crop
+from pipeline.data.decode import BadImage, augmented, read_image, resize_crop
 from pipeline.data.shapes import generate_shapes
-from pipeline.settings import AugmentConfig, DataConfig, Preprocess
+from pipeline.settings import AugmentConfig, Preprocess
 
 TINY = Preprocess(resize_size=36, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -27,22 +26,6 @@ def test_read_image_applies_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     image.save(tmp_path / "rotated.jpg", exif=exif)
     assert read_image(str(tmp_path / "rotated.jpg"), 10**6).size == (20, 40)
-
-
-def test_decode_batch_keeps_the_rest_of_a_block_and_makes_seeded_views(tmp_path):
-    generate_shapes(tmp_path, per_class=1, size=32)
-    (tmp_path / "circle" / "empty.png").write_bytes(b"")
-    table = sources.list_items(DataConfig(sources=[str(tmp_path)], splits={"train": 1.0})).table
-    batch = {k: np.array(table.column(k).to_pylist(), dtype=object) for k in table.column_names}
-    kwargs = dict(preprocess=TINY, views=2, augment=AugmentConfig(), max_pixels=10**6)
-    out = decode_batch(batch, **kwargs)
-    assert len(out["id"]) == 5 * 3 + 1 and out["image"].shape == (16, 3, 32, 32)
-    assert sorted(e for e in out["error"] if e) == ["empty file (0 bytes)"]
-    assert out["image"].dtype == np.uint8
-    again = decode_batch(batch, **kwargs)
-    assert np.array_equal(out["image"], again["image"])  # augmented views are seeded
-    plain = out["image"][(out["view"] == 0) & (out["error"] == "")]
-    assert not np.array_equal(plain, out["image"][out["view"] == 1])
 
 
 def test_crops_are_torchvisions_resize_and_center_crop(tmp_path):

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_tiny_net
+from conftest import make_tiny_net, plan_rows
+from pipeline.data.listing import plan_data, source_format
+from pipeline.data.plan import Unit
 from pipeline.data.shapes import generate_shapes
-from pipeline.data.shards import ShardFormat, fetch, index_shard
-from pipeline.data.sources import list_items, source_format
+from pipeline.data.shards import TRUNCATED, Reader
 from pipeline.features.run import featurize
 from pipeline.inference.batch import predict, read_predictions
 from pipeline.settings import DataConfig, FeaturizeConfig, PredictConfig, SourceConfig, TrainConfig
@@ -76,34 +77,37 @@ def test_formats_are_inferred_and_the_datasets_layout_needs_no_options(stores):
     assert source_format(SourceConfig(uri=str(root / "folder"))) == "folder"
     assert source_format(SourceConfig(uri=str(root / "parquet"))) == "parquet"
     assert source_format(SourceConfig(uri=str(root / "wds" / "*.tar"))) == "webdataset"
-    parquet = list_items(DataConfig(sources=[str(root / "parquet")]))
-    assert parquet.classes == classes and parquet.table.num_rows == 5 * PER_CLASS
-    wds = list_items(DataConfig(sources=[{"uri": str(root / "wds"), "label_names": classes}]))
-    assert wds.classes == classes and wds.table.num_rows == 5 * PER_CLASS
+    parquet = plan_data(DataConfig(sources=[str(root / "parquet")]))
+    assert parquet.classes == classes and len(plan_rows(parquet)["id"]) == 5 * PER_CLASS
+    wds = plan_data(DataConfig(sources=[{"uri": str(root / "wds"), "label_names": classes}]))
+    assert wds.classes == classes and len(plan_rows(wds)["id"]) == 5 * PER_CLASS
+    # a unit per shard, and nothing known per image until the shards are read
+    assert [u.kind for u in wds.units] == ["webdataset"] * 3 and wds.counts is None
+    unnamed = plan_data(DataConfig(sources=[str(root / "wds")]))
+    assert unnamed.classes is None  # indexes without names: found while reading
 
 
 def test_ids_do_not_depend_on_the_order_shards_are_listed_in(stores):
     root, _, _ = stores
-    forward = list_items(DataConfig(sources=[str(root / "parquet")]))
+    forward = plan_data(DataConfig(sources=[str(root / "parquet")]))
     shards = sorted((root / "parquet").glob("*.parquet"), reverse=True)
-    backward = list_items(DataConfig(sources=[str(s) for s in shards]))
-    assert sorted(forward.table.column("id").to_pylist()) == sorted(
-        backward.table.column("id").to_pylist()
-    )
+    backward = plan_data(DataConfig(sources=[str(s) for s in shards]))
+    assert sorted(plan_rows(forward)["id"]) == sorted(plan_rows(backward)["id"])
 
 
 def test_a_truncated_tar_keeps_what_it_could_read_and_records_the_rest(stores, tmp_path):
     root, _, _ = stores
-    whole = (root / "wds" / "train-00000.tar").read_bytes()
+    shard = root / "wds" / "train-00000.tar"
+    whole = shard.read_bytes()
+    with tarfile.open(shard) as tar:  # cut inside a member's bytes, halfway through the shard
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
     cut = tmp_path / "cut.tar"
-    cut.write_bytes(whole[: len(whole) // 2])
-    index = index_shard(str(cut), ShardFormat("webdataset"))
-    assert 0 < len(index.members) < PER_CLASS * 2 and "truncated" in index.truncated
-    items = list_items(DataConfig(sources=[str(cut)]))
-    got = fetch(items.table.column("source").to_pylist())
-    bad = [s for s, v in got.items() if isinstance(v, Exception)]
-    assert any(s.endswith("#<truncated>") for s in bad)
-    assert len(got) - len(bad) >= len(index.members) - 1  # the member cut in half may fail
+    cut.write_bytes(whole[: middle.offset_data + 1])
+    members = list(Reader(Unit("cut.tar", "webdataset", str(cut))).members())
+    read = [m for m in members if not isinstance(m.data, Exception)]
+    (tail,) = [m for m in members if isinstance(m.data, Exception)]
+    assert 0 < len(read) < PER_CLASS * 2 and tail.source.endswith(f"#{TRUNCATED}")
+    assert "truncated tar shard" in str(tail.data)
 
 
 @pytest.mark.slow
@@ -128,7 +132,7 @@ def test_shards_featurize_train_and_predict_like_the_same_folder(stores, tmp_pat
     pq.write_table(bad, root / "parquet" / "train-00002.parquet")
     features, trained = {}, {}
     for name, source in sources.items():
-        items = list_items(DataConfig(sources=source))
+        items = plan_data(DataConfig(sources=source))
         cfg = FeaturizeConfig(out=str(tmp_path / name), batch_size=64, dtype="float32")
         # frozen through the dropout: only the last layer trains, so no dropout mask depends on
         # the rows' order
@@ -159,7 +163,7 @@ def test_shards_featurize_train_and_predict_like_the_same_folder(stores, tmp_pat
     net = trained["folder"].net
     predicted = {}
     for name, source in sources.items():
-        items = list_items(DataConfig(sources=source))
+        items = plan_data(DataConfig(sources=source))
         out = predict(net, items, PredictConfig(out=str(tmp_path / f"predict-{name}")))
         table = read_predictions(out)
         keys = [names.get(s, s.rsplit("/", 1)[-1]) for s in table.column("source").to_pylist()]
@@ -176,8 +180,8 @@ def test_an_unlabeled_folder_is_predicted_one_row_per_image_and_refused_for_trai
     (tmp_path / "plain").mkdir()
     for f in (tmp_path / "labeled").rglob("*.png"):
         f.rename(tmp_path / "plain" / f.name)
-    items = list_items(DataConfig(sources=[str(tmp_path / "plain")]))
-    assert items.classes == [] and items.table.column("label").null_count == 20
+    items = plan_data(DataConfig(sources=[str(tmp_path / "plain")]))
+    assert items.classes == [] and plan_rows(items)["label"] == [None] * 20
     net = make_tiny_net()
     net.spec["classes"] = ["circle", "cross", "square", "stripes", "triangle"]
     table = read_predictions(predict(net, items, PredictConfig(out=str(tmp_path / "out"))))
@@ -190,11 +194,13 @@ def test_an_unlabeled_folder_is_predicted_one_row_per_image_and_refused_for_trai
 
 def test_images_in_shards_evaluate_like_the_same_images_in_a_folder(stores):
     root, classes, _ = stores
-    folder = list_items(DataConfig(sources=[{"uri": str(root / "folder/val"), "split": "val"}]))
-    shards = list_items(DataConfig(sources=[str(root / "parquet/val-00000.parquet")]))
-    assert shards.count("val") == folder.count("val") == PER_CLASS  # split from the file name
+    folder = plan_data(DataConfig(sources=[{"uri": str(root / "folder/val"), "split": "val"}]))
+    shards = plan_data(DataConfig(sources=[str(root / "parquet/val-00000.parquet")]))
+    assert folder.count("val") == PER_CLASS and shards.count("val") is None  # not yet read
+    assert set(plan_rows(shards)["split"]) == {"val"}  # the split from the file name
     net = make_tiny_net()
     net.spec["classes"] = classes
-    # evaluation on images decodes in the training worker's way (ImageData), not Ray Data's
+    # evaluation on images decodes in the training worker's way (files read at random, shards
+    # streamed), not Ray Data's
     on_folder, on_shards = (evaluate(net, items, split="val") for items in (folder, shards))
     assert on_shards.confusion == on_folder.confusion and on_shards.n == PER_CLASS

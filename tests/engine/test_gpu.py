@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import start_ray
-from pipeline.data.decode import IMAGE, decode_batch
+from pipeline.data.listing import plan_data
+from pipeline.data.rows import decode_units
+from pipeline.data.schema import IMAGE
 from pipeline.data.shapes import generate_shapes
-from pipeline.data.sources import list_items
 from pipeline.engine.actors import PrefixModel, gpu_decoded
 from pipeline.engine.dataflow import prepare_engine
 from pipeline.engine.export import build_engine
@@ -32,8 +33,9 @@ def _net():
 def _jpegs(root, n=6):
     generate_shapes(root / "png", per_class=1, size=96)
     paths = []
+    (root / "jpg").mkdir()
     for i, png in enumerate(sorted((root / "png").rglob("*.png"))[:n]):
-        path = root / f"{i}.jpg"
+        path = root / "jpg" / f"{i}.jpg"
         Image.open(png).convert("RGB").save(path, quality=95)
         paths.append(str(path))
     return paths
@@ -50,16 +52,12 @@ def test_fp16_on_cuda_matches_float32_on_cpu():
 
 
 def test_jpegs_decoded_on_the_gpu_match_the_cpu_decode(tmp_path):
-    paths = _jpegs(tmp_path)
-    batch = {
-        "id": np.array([str(i) for i in range(len(paths))], dtype=object),
-        "source": np.array(paths, dtype=object),
-        "label": np.zeros(len(paths), np.int32),
-        "split": np.array(["train"] * len(paths), dtype=object),
-    }
-    kwargs = dict(preprocess=SIZE, views=0, augment=AugmentConfig(), max_pixels=10**8)
-    on_cpu = decode_batch(batch, **kwargs)
-    as_bytes = decode_batch(batch, **kwargs, gpu_jpeg=True)
+    _jpegs(tmp_path)
+    plan = plan_data(DataConfig(sources=[str(tmp_path / "jpg")], splits={"train": 1.0}))
+    kwargs = dict(plan=plan, preprocess=SIZE, views=0, augment=AugmentConfig(), block_rows=64)
+    units = {"unit": [u.to_json() for u in plan.units]}
+    (on_cpu,) = decode_units(units, **kwargs)
+    (as_bytes,) = decode_units(units, **kwargs, gpu_jpeg=True)
     assert not as_bytes[IMAGE].any() and all(len(b) for b in as_bytes["bytes"])
     net = _net()
     cfg = FeaturizeConfig(out=str(tmp_path / "out"), actor_gpus=1, gpu_decode=True)
@@ -75,10 +73,10 @@ def test_jpegs_decoded_on_the_gpu_match_the_cpu_decode(tmp_path):
 def test_featurize_pass_on_a_gpu_actor(tmp_path):
     start_ray()
     generate_shapes(tmp_path / "data", per_class=4, size=64)
-    items = list_items(DataConfig(sources=[str(tmp_path / "data")]))
+    items = plan_data(DataConfig(sources=[str(tmp_path / "data")]))
     net = _net()
     cfg = FeaturizeConfig(out=str(tmp_path / "out"), actor_gpus=1, dtype="float32")
     done = featurize(net, items, cfg)
-    assert done.images == items.table.num_rows and done.engine in ("torch", "onnxruntime")
+    assert done.images == sum(items.counts.values()) and done.engine in ("torch", "onnxruntime")
     features, _ = done.feature_sets[0].tensors("train")
     assert all(torch.isfinite(t).all() for t in features.values())

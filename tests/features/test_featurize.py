@@ -5,7 +5,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,12 +17,14 @@ from conftest import (
     add_bad_files,
     needs_shared,
     network_input,
+    plan_rows,
     standardized,
     start_ray,
 )
-from pipeline.data import sources
 from pipeline.data.decode import load_crop
 from pipeline.data.featureset import FeatureSet
+from pipeline.data.listing import plan_data
+from pipeline.data.plan import item_id
 from pipeline.data.schema import MANIFEST
 from pipeline.data.shapes import SHAPES, generate_shapes
 from pipeline.engine.actors import PrefixModel
@@ -53,7 +54,7 @@ def tiny_run(tmp_path_factory, _ray_session):
     root = tmp_path_factory.mktemp("featurize")
     generate_shapes(root / "data", per_class=8, size=32)
     bad = add_bad_files(root / "data")
-    items = sources.list_items(DataConfig(sources=[str(root / "data")], max_image_pixels=64 * 64))
+    items = plan_data(DataConfig(sources=[str(root / "data")], max_image_pixels=64 * 64))
     cfg = FeaturizeConfig(out=str(root / "out"), batch_size=16, dtype="float32")
     result = featurize(_net(), items, cfg, cuts=CUTS)
     return dict(root=root, items=items, cfg=cfg, result=result, bad=bad)
@@ -87,7 +88,7 @@ def test_prefix_model_matches_the_network_on_either_engine(tmp_path, engine):
 
 def test_fingerprint_follows_what_changes_the_features(tmp_path):
     generate_shapes(tmp_path / "d", per_class=1, size=16)
-    items = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
+    items = plan_data(DataConfig(sources=[str(tmp_path / "d")]))
     cfg = FeaturizeConfig(out=str(tmp_path / "out"))
     net = _net()
     uri = plan(net, items.fingerprint, cfg)[0].uri
@@ -106,7 +107,7 @@ def test_fingerprint_follows_what_changes_the_features(tmp_path):
         != uri
     )  # other weights
     (tmp_path / "d" / "circle" / "extra.png").write_bytes(b"")
-    items2 = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
+    items2 = plan_data(DataConfig(sources=[str(tmp_path / "d")]))
     assert plan(net, items2.fingerprint, cfg)[0].uri != uri
 
 
@@ -117,15 +118,13 @@ def test_one_pass_writes_each_cut_with_the_networks_features(tiny_run):
     result, items = tiny_run["result"], tiny_run["items"]
     assert len(result.feature_sets) == 2
     good = [
-        s
-        for s in items.table.column("source").to_pylist()
-        if not any(s.endswith(b) for b in tiny_run["bad"])
+        s for s in plan_rows(items)["source"] if not any(s.endswith(b) for b in tiny_run["bad"])
     ]
     for cut, fs in zip(CUTS, result.feature_sets):
         assert fs.manifest["cut"] == [cut]
         table = fs.table()
         assert sorted(table.column("source").to_pylist()) == sorted(good)  # each exactly once
-        order = sorted(range(len(good)), key=lambda i: sources.item_id(good[i]))
+        order = sorted(range(len(good)), key=lambda i: item_id(good[i]))
         expected = _reference(_net(), cut, [good[i] for i in order])
         got, _ = fs.tensors()
         for name, value in expected.items():
@@ -144,7 +143,7 @@ def test_bad_files_are_recorded_skipped_and_counted(tiny_run):
         assert fs.manifest["errors"] == 5 and fs.manifest["rows"] == 40
     summary = result.summary()
     assert summary.startswith("featurize: 40 images, 5 errors, ")
-    assert "images/s (onnxruntime) -> " in summary  # too short a pass for a steady rate
+    assert "onnxruntime) -> " in summary
     assert all(fs.uri in summary for fs in result.feature_sets)
 
 
@@ -158,22 +157,26 @@ def test_same_inputs_again_is_a_cache_hit_that_computes_nothing(tiny_run):
 
 
 def test_an_interrupted_directory_is_completed_without_duplicates(tiny_run, tmp_path):
-    """The states a killed run leaves: some parts, a half-written temporary, no manifest; and a
-    batch written twice under other boundaries (a retried task)."""
+    """The states a killed run leaves: finished units (parts and a marker), an unfinished unit
+    (a part, no marker), a half-written temporary, no manifest."""
     done = tiny_run["result"].feature_sets[0]
     name = done.uri.rsplit("/", 1)[1]
-    partial = tmp_path / "out" / name
-    partial.mkdir(parents=True)
-    parts = sorted((tiny_run["root"] / "out" / name).glob("part-*"))
-    for part in parts[:2]:
+    whole, partial = tiny_run["root"] / "out" / name, tmp_path / "out" / name
+    (partial / "_units").mkdir(parents=True)
+    markers = sorted((whole / "_units").glob("*.json"))
+    finished = [m.stem for m in markers[:2]]
+    for unit in finished:
+        shutil.copy(whole / "_units" / f"{unit}.json", partial / "_units")
+        for part in whole.glob(f"part-{unit}-*.parquet"):
+            shutil.copy(part, partial)
+    unfinished = markers[2].stem  # its part made it, its marker did not: redone, not doubled
+    for part in whole.glob(f"part-{unfinished}-*.parquet"):
         shutil.copy(part, partial)
-    duplicate = pq.read_table(parts[0]).slice(0, 3)
-    pq.write_table(duplicate, partial / "part-duplicate.parquet")
     (partial / ".tmp-killed-part-x.parquet").write_bytes(b"PAR1 half")
     cfg = tiny_run["cfg"].model_copy(update={"out": str(tmp_path / "out")})
     result = featurize(_net(), tiny_run["items"], cfg, cuts=CUTS[:1])
-    reused = sum(pq.read_table(p).num_rows for p in parts[:2])
-    assert result.images == 40 - reused  # only what was missing was computed
+    reused = sum(pq.read_table(p).num_rows for u in finished for p in partial.glob(f"part-{u}-*"))
+    assert 0 < reused < 40 and result.images == 40 - reused  # only the rest was computed
     assert result.feature_sets[0].uri == str(partial)
     table = result.feature_sets[0].table()
     assert table.num_rows == 40 and len(set(table.column("id").to_pylist())) == 40
@@ -185,9 +188,7 @@ def test_an_interrupted_directory_is_completed_without_duplicates(tiny_run, tmp_
 
 def test_views_are_written_for_training_images_and_reproducible(ray_local, tmp_path):
     generate_shapes(tmp_path / "d", per_class=2, size=32)
-    items = sources.list_items(
-        DataConfig(sources=[str(tmp_path / "d")], splits={"train": 0.5, "val": 0.5})
-    )
+    items = plan_data(DataConfig(sources=[str(tmp_path / "d")], splits={"train": 0.5, "val": 0.5}))
     runs = []
     for out in ("a", "b"):
         cfg = FeaturizeConfig(out=str(tmp_path / out), views=2, batch_size=8)
@@ -197,11 +198,7 @@ def test_views_are_written_for_training_images_and_reproducible(ray_local, tmp_p
     for split, view in zip(table.column("split").to_pylist(), table.column("view").to_pylist()):
         views.setdefault(split, set()).add(view)
     assert views["train"] == {0, 1, 2} and views["val"] == {0}
-    assert (
-        table.num_rows
-        == 3 * items.table.filter(pc.equal(items.table.column("split"), "train")).num_rows
-        + items.table.filter(pc.equal(items.table.column("split"), "val")).num_rows
-    )
+    assert table.num_rows == 3 * items.count("train") + items.count("val")
     torch.testing.assert_close(runs[0].tensors()[0]["pool"], runs[1].tensors()[0]["pool"])
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, network_input, standardized, start_ray
-from pipeline.data import sources
+from pipeline.data.listing import plan_data
 from pipeline.data.schema import CLASS, ERRORS, ID, MANIFEST, PREDICTED, PROBABILITIES, SOURCE
 from pipeline.data.shapes import SHAPES, generate_shapes
 from pipeline.engine.dataflow import prepare_engine
@@ -36,7 +36,7 @@ def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     generate_shapes(root / "data", per_class=4, size=32)
     (root / "data" / "circle" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return root, sources.list_items(DataConfig(sources=[str(root / "data")]))
+    return root, plan_data(DataConfig(sources=[str(root / "data")]))
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
@@ -71,7 +71,7 @@ def test_predict_writes_parquet_rows_and_records_bad_images(images, predicted):
     table = read_predictions(predicted)
     errors = pq.read_table(f"{predicted}/{ERRORS}")
     assert errors.column("source").to_pylist()[0].endswith("bad.jpg")
-    assert table.num_rows + errors.num_rows == items.table.num_rows
+    assert table.num_rows + errors.num_rows == sum(items.counts.values())
     assert {ID, SOURCE, PREDICTED, CLASS, PROBABILITIES} <= set(table.column_names)
     probabilities = table.column(PROBABILITIES).combine_chunks().to_numpy_ndarray()
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
@@ -97,11 +97,12 @@ def test_interrupted_predictions_are_completed_without_duplicates(
     out = tmp_path / "copy"
     shutil.copytree(predicted, out)
     (out / MANIFEST).unlink()
-    parts = sorted(out.glob("part-*.parquet"))
-    parts[0].unlink()  # as if the run died before this part was written
+    marker = sorted((out / "_units").glob("*.json"))[0]
+    marker.unlink()  # as if the run died before this unit was finished ...
+    next(out.glob(f"part-{marker.stem}-*.parquet")).unlink()  # ... one of its parts unwritten
     predict(_net(), images[1], PredictConfig(out=str(out), batch_size=8))
     ids = read_predictions(str(out)).column(ID).to_pylist()
-    assert len(ids) == len(set(ids)) == images[1].table.num_rows - 1  # bad.jpg is an error
+    assert len(ids) == len(set(ids)) == sum(images[1].counts.values()) - 1  # bad.jpg: an error
 
 
 def test_exported_network_loads_with_one_call_and_predicts_the_same(tmp_path):

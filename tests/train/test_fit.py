@@ -20,8 +20,8 @@ from conftest import (
     network_input,
     same_tensors,
 )
+from pipeline.data.listing import plan_data
 from pipeline.data.shapes import generate_shapes
-from pipeline.data.sources import list_items
 from pipeline.features.plan import FeatureSetMismatch, check_feature_set
 from pipeline.features.run import featurize
 from pipeline.flows.run import run_predict, run_train
@@ -319,7 +319,7 @@ def test_flowers_top_blocks_fine_tuned_beat_frozen(
 def test_a_feature_set_four_times_the_memory_budget_streams_within_it(tmp_path, ray_local):
     # tiny:cnn at 64 px, frozen through its first block: 128 KiB of float32 features an image
     generate_shapes(tmp_path / "data", per_class=100, size=64)
-    items = list_items(DataConfig(sources=[str(tmp_path / "data")]))
+    items = plan_data(DataConfig(sources=[str(tmp_path / "data")]))
     net = (
         TransferLearning("tiny:cnn", image_size=64, seed=3)
         .set_feature_extractor("features.0")

@@ -1,13 +1,15 @@
 """The epoch loop without Ray: fit_local, and one epoch from features equal to one end to end."""
 
-import pyarrow.compute as pc
+from dataclasses import replace
+
 import torch
 
 from conftest import TINY, frozen_tensors, same_tensors
 from pipeline.net.builder import TransferLearning
 from pipeline.net.finetune import build_optimizer
 from pipeline.settings import FineTuneConfig
-from pipeline.train.data import FeatureData, ImageData, epoch_order
+from pipeline.train.data import FeatureData, epoch_order
+from pipeline.train.images import ImageData
 from pipeline.train.loop import accuracy_from_features, fit_local, train_epoch
 
 
@@ -29,15 +31,19 @@ def test_fit_local_trains_the_head_in_the_full_network():
 def test_one_epoch_from_features_equals_one_epoch_end_to_end(tiny_features, tiny_net):
     """No augmentation, float32 features, the same data order: the same trainable weights."""
     fine_tune = FineTuneConfig(optimizer="sgd", lr=0.05)
-    table = tiny_features["items"].table
-    readable = table.filter(pc.invert(pc.ends_with(table.column("source"), "broken.png")))
+    plan = tiny_features["items"]
+    units = [
+        replace(u, files=tuple(f for f in u.files if not f[1].endswith("broken.png")))
+        for u in plan.units
+    ]
+    readable = replace(plan, units=units)  # what the feature set holds: broken.png recorded
     results, sizes = [], []
     for kind in ("features", "images"):
         net = tiny_net(cut="features.0")
         if kind == "features":
             data = FeatureData.read(tiny_features["features.0"], "train")
         else:
-            data = ImageData(readable, "train", (0, 1), net, TINY, None, 10**8, "cpu")
+            data = ImageData(readable, "train", (0, 1), net, None, "cpu", preprocess=TINY)
         order = epoch_order(len(data), len(data), 8, seed=0, epoch=1)
         opt, sched = build_optimizer(net, fine_tune, total_steps=len(order))
         torch.manual_seed(7)  # the same dropout masks

@@ -1,41 +1,46 @@
 """A worker's shard: every world-th row of a split, seeded epoch orders of equal length."""
 
-import fsspec
 import numpy as np
 import torch
 
-from pipeline.data.parts import finalize, part_name, row_keys, write_atomic
-from pipeline.data.schema import ID, LABEL, SOURCE, SPLIT, VIEW, feature_schema, to_table
+from pipeline.data.listing import plan_data
+from pipeline.data.parts import finalize
 from pipeline.data.shapes import generate_shapes
-from pipeline.data.sources import list_items
+from pipeline.data.writers import PartWriter
 from pipeline.net.builder import TransferLearning
 from pipeline.settings import DataConfig, Preprocess
-from pipeline.train.data import FeatureData, ImageData, epoch_order, in_order
+from pipeline.train.data import FeatureData, epoch_order, in_order
+from pipeline.train.images import ImageData
 from pipeline.train.streaming import StreamedFeatures
 
 SHAPES = {"pool": (3,)}
 
 
 def _feature_set(directory, n=20):
-    ids = [f"{i:04d}" for i in range(n)]
-    meta = {
-        ID: ids,
-        SOURCE: [f"/data/{i}.png" for i in ids],
-        LABEL: np.arange(n) % 2,
-        SPLIT: ["train"] * n,
-        VIEW: [0] * n,
-    }
-    features = {"pool": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}
-    table = to_table(meta, features, feature_schema(SHAPES, "float32"))
-    fs, root = fsspec.core.url_to_fs(str(directory))
-    fs.makedirs(root, exist_ok=True)
-    for part in (table.slice(0, 7), table.slice(7)):
-        write_atomic(fs, f"{root}/{part_name(row_keys(part))}", part)
-    return finalize(
-        str(directory),
-        {"classes": ["a", "b"], "frontier": SHAPES, "dtype": "float32"},
-        {i: 1 for i in ids},
-    )
+    """Rows 0..n-1 (features 3i, 3i+1, 3i+2; label i % 2) in two units of 7 and n - 7 rows,
+    written by the pass's own writer: two part files."""
+    writer = PartWriter([(str(directory), SHAPES)], dtype="float32")
+    for unit, rows in (("1" * 16, range(7)), ("2" * 16, range(7, n))):
+        rows = np.array(list(rows))
+        k = len(rows)
+        writer(
+            {
+                "id": np.array([f"{i:04d}" for i in rows], object),
+                "source": np.array([f"/data/{i:04d}.png" for i in rows], object),
+                "label": (rows % 2).astype(np.int32),
+                "label_name": np.array([""] * k, object),
+                "split": np.array(["train"] * k, object),
+                "view": np.zeros(k, np.int16),
+                "error": np.array([""] * k, object),
+                "unit": np.array([unit] * k, object),
+                "unit_rows": np.full(k, k),
+                "read_at": np.zeros(k),
+                "read_bytes": np.zeros(k, np.int64),
+                "pool": (rows[:, None] * 3 + np.arange(3)).astype(np.float32),
+            }
+        )
+    meta = {"frontier": SHAPES, "dtype": "float32"}
+    return finalize(str(directory), meta, ["1" * 16, "2" * 16], ["a", "b"])
 
 
 def test_epoch_order_is_seeded_and_gives_every_rank_the_same_number_of_steps():
@@ -60,16 +65,16 @@ def test_feature_set_shards_partition_the_split(tmp_path):
 
 def test_images_run_through_the_prefix_once_and_an_empty_split_gives_no_rows(tmp_path):
     generate_shapes(tmp_path / "d", per_class=2, size=32)
-    items = list_items(DataConfig(sources=[str(tmp_path / "d")], splits={"train": 1.0}))
+    items = plan_data(DataConfig(sources=[str(tmp_path / "d")], splits={"train": 1.0}))
     net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
     preprocess = Preprocess(**net.spec["preprocess"])
 
     def once(split):
-        images = ImageData(items.table, split, (0, 1), net, preprocess, None, 10**8, "cpu")
+        images = ImageData(items, split, (0, 1), net, None, "cpu", preprocess=preprocess)
         return FeatureData.of_images(images, "cpu")
 
     train, val = once("train"), once("val")
-    assert train.features["pool"].shape == (items.table.num_rows, 16, 1, 1) and len(train) > 0
+    assert train.features["pool"].shape == (items.count("train"), 16, 1, 1) and len(train) > 0
     assert val.features["pool"].shape == (0, 16, 1, 1) and len(val) == 0
 
 

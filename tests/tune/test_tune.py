@@ -14,16 +14,16 @@ import pytest
 import ray
 import yaml
 
-from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared
-from pipeline.data import sources
+from conftest import MOBILENET_WEIGHTS, REPO, SHARED, needs_shared, plan_rows
 from pipeline.data.featureset import FeatureSet
+from pipeline.data.listing import plan_data
 from pipeline.data.shapes import generate_shapes
 from pipeline.flows.run import run_sweep
 from pipeline.net.heads import zoo_network
 from pipeline.net.saving import from_files, load
 from pipeline.settings import DataConfig, SweepConfig, TuneJobConfig, load_config
 from pipeline.train.evaluate import evaluate
-from pipeline.tune.plan import plan_sweep, used_items
+from pipeline.tune.plan import plan_sweep
 
 
 def _config(tmp: Path, **changes) -> dict:
@@ -62,7 +62,7 @@ def _config(tmp: Path, **changes) -> dict:
 def test_compare_plan_builds_scratch_from_random_weights_and_the_rest_pretrained(tmp_path):
     # "default" means the packaged *pretrained* network; the scratch row must not load it
     generate_shapes(tmp_path / "d", per_class=2, size=16)
-    items = sources.list_items(DataConfig(sources=[str(tmp_path / "d")]))
+    items = plan_data(DataConfig(sources=[str(tmp_path / "d")]))
     cfg = TuneJobConfig(
         sweep={"preset": "compare"},
         model={"name": "default", "image_size": 64},
@@ -80,16 +80,16 @@ def test_compare_plan_builds_scratch_from_random_weights_and_the_rest_pretrained
     assert all(n.get_submodule("_fc").out_features == 5 for n in nets.values())
 
 
-def test_used_items_keeps_the_data_fingerprint_when_every_row_is_used(tmp_path):
+def test_a_plan_of_the_used_splits_keeps_the_fingerprint_when_every_row_is_used(tmp_path):
     generate_shapes(tmp_path, per_class=4, size=16)
-    items = sources.list_items(
+    items = plan_data(
         DataConfig(sources=[str(tmp_path)], splits={"train": 0.5, "val": 0.3, "rest": 0.2})
     )
     # the same rows: the fingerprint (and so every feature set keyed on it) is the train job's
-    assert used_items(items, ["train", "val", "rest"]).fingerprint == items.fingerprint
-    fewer = used_items(items, ["train", "val"])
+    assert items.only(["train", "val", "rest"]).fingerprint == items.fingerprint
+    fewer = items.only(["train", "val"])
     assert fewer.fingerprint != items.fingerprint
-    assert set(fewer.table.column("split").to_pylist()) == {"train", "val"}
+    assert set(plan_rows(fewer)["split"]) == {"train", "val"} and fewer.count("rest") == 0
 
 
 def test_a_sweep_without_val_rows_is_refused_before_any_trial(tmp_path):

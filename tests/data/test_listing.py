@@ -1,12 +1,16 @@
+"""Planning sources into units: folders, manifests and shards, without reading an image."""
+
 import pytest
 
-from pipeline.data import sources
+from conftest import plan_rows
+from pipeline.data.listing import plan_data
+from pipeline.data.plan import hash_split, item_id
 from pipeline.data.shapes import SHAPES, generate_shapes
 from pipeline.settings import DataConfig
 
 
 def _table(items):
-    return {k: items.table.column(k).to_pylist() for k in items.table.column_names}
+    return plan_rows(items)
 
 
 def test_folder_source_lists_every_file_in_class_folders(tmp_path):
@@ -14,11 +18,14 @@ def test_folder_source_lists_every_file_in_class_folders(tmp_path):
     (tmp_path / "circle" / "notes.txt").write_text("not an image")  # kept: the decoder records it
     (tmp_path / "circle" / ".DS_Store").write_bytes(b"")  # hidden: skipped
     (tmp_path / "README").write_text("outside any class folder")  # skipped
-    items = sources.list_items(DataConfig(sources=[str(tmp_path)]))
+    items = plan_data(DataConfig(sources=[str(tmp_path)], files_per_unit=2))
     rows = _table(items)
     assert items.classes == sorted(SHAPES) and len(rows["id"]) == 11
+    # a unit per two files of a class folder; counts known without reading an image
+    assert len(items.units) == 6 and sum(items.counts.values()) == 11
+    assert {u.kind for u in items.units} == {"files"}
     assert any(s.endswith("notes.txt") for s in rows["source"])
-    assert rows["id"] == [sources.item_id(s) for s in rows["source"]]
+    assert rows["id"] == [item_id(s) for s in rows["source"]]
     assert set(rows["split"]) <= {"train", "val"}
 
 
@@ -29,7 +36,7 @@ def test_manifest_sources_csv_and_parquet(tmp_path):
         "path,label,split\ncircle/circle_0000.png,10,test\n"
         f"{tmp_path}/img/cross/cross_0000.png,2,\n"
     )
-    items = sources.list_items(DataConfig(sources=[str(csv)]))
+    items = plan_data(DataConfig(sources=[str(csv)]))
     rows = _table(items)
     assert items.classes == ["2", "10"]  # integer labels keep numeric order
     assert rows["source"] == sorted(
@@ -44,11 +51,11 @@ def test_manifest_sources_csv_and_parquet(tmp_path):
         pa.table({"path": ["circle/circle_0000.png"], "label": ["circle"]}),
         tmp_path / "img" / "list.parquet",
     )
-    items = sources.list_items(DataConfig(sources=[str(tmp_path / "img" / "list.parquet")]))
-    assert items.classes == ["circle"] and items.table.num_rows == 1
+    items = plan_data(DataConfig(sources=[str(tmp_path / "img" / "list.parquet")]))
+    assert items.classes == ["circle"] and len(_table(items)["id"]) == 1
     (tmp_path / "bad.csv").write_text("file,class\na.png,x\n")
     with pytest.raises(ValueError, match="lacks a path column"):
-        sources.list_items(DataConfig(sources=[str(tmp_path / "bad.csv")]))
+        plan_data(DataConfig(sources=[str(tmp_path / "bad.csv")]))
 
 
 def test_fsspec_memory_source(tmp_path, ray_local):
@@ -59,8 +66,8 @@ def test_fsspec_memory_source(tmp_path, ray_local):
     fs = fsspec.filesystem("memory")
     for path in tmp_path.rglob("*.png"):
         fs.pipe(f"/shapes/{path.parent.name}/{path.name}", path.read_bytes())
-    items = sources.list_items(DataConfig(sources=["memory://shapes"]))
-    assert items.table.num_rows == 5
+    items = plan_data(DataConfig(sources=["memory://shapes"]))
+    assert len(_table(items)["id"]) == 5
     uris = _table(items)["source"]
     assert all(s.startswith("memory://") and "/shapes/" in s for s in uris)
     with fsspec.open(uris[0], "rb") as f:
@@ -69,17 +76,15 @@ def test_fsspec_memory_source(tmp_path, ray_local):
 
 def test_hash_split_is_deterministic_follows_ratios_and_survives_a_move(tmp_path):
     keys = [f"class/{i}.jpg" for i in range(2000)]
-    splits = [sources.hash_split(k, {"train": 0.7, "val": 0.2, "test": 0.1}) for k in keys]
-    assert splits == [sources.hash_split(k, {"train": 0.7, "val": 0.2, "test": 0.1}) for k in keys]
+    splits = [hash_split(k, {"train": 0.7, "val": 0.2, "test": 0.1}) for k in keys]
+    assert splits == [hash_split(k, {"train": 0.7, "val": 0.2, "test": 0.1}) for k in keys]
     assert abs(splits.count("train") / 2000 - 0.7) < 0.04
     assert abs(splits.count("test") / 2000 - 0.1) < 0.03
     generate_shapes(tmp_path / "a", per_class=6, size=16)
     import shutil
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    split_of = [
-        _table(sources.list_items(DataConfig(sources=[str(tmp_path / d)])))["split"] for d in "ab"
-    ]
+    split_of = [_table(plan_data(DataConfig(sources=[str(tmp_path / d)])))["split"] for d in "ab"]
     assert split_of[0] == split_of[1]
 
 
@@ -92,7 +97,7 @@ def test_a_source_can_fix_the_split_and_bad_ratios_are_refused(tmp_path):
             {"uri": str(tmp_path / "val"), "split": "val"},
         ]
     )
-    assert sorted(_table(sources.list_items(cfg))["split"]) == ["train"] * 5 + ["val"] * 5
+    assert sorted(_table(plan_data(cfg))["split"]) == ["train"] * 5 + ["val"] * 5
     with pytest.raises(ValueError, match="sum to 1"):
         DataConfig(sources=["x"], splits={"train": 0.5})
 
@@ -100,7 +105,7 @@ def test_a_source_can_fix_the_split_and_bad_ratios_are_refused(tmp_path):
 def test_data_fingerprint_changes_with_the_files(tmp_path):
     generate_shapes(tmp_path, per_class=1, size=16)
     cfg = DataConfig(sources=[str(tmp_path)])
-    first = sources.list_items(cfg).fingerprint
-    assert sources.list_items(cfg).fingerprint == first
+    first = plan_data(cfg).fingerprint
+    assert plan_data(cfg).fingerprint == first
     (tmp_path / "circle" / "circle_0000.png").write_bytes(b"changed")
-    assert sources.list_items(cfg).fingerprint != first
+    assert plan_data(cfg).fingerprint != first
