@@ -7,6 +7,7 @@ import argparse
 import gc
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from pipeline.flows import preflight
 from pipeline.runs import logs
-from pipeline.settings import ConfigError, labelled, load_config
+from pipeline.settings import ConfigError, labelled, load_config, storage_env
 
 log = logging.getLogger("pipeline.jobs")
 
@@ -77,6 +78,8 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     ``flow(cfg)``; ``flow`` is ``"module:function"``, imported while the checks run and Ray starts,
     and given the network the checks built."""
     function = _Import(flow)
+    env = storage_env(cfg.storage_options)
+    os.environ.update(env)  # before the checks: they may look at s3:// paths
     try:
         net = preflight.check(cfg)  # built once: the flow edits it
     except ConfigError as e:
@@ -84,7 +87,7 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     path = logs.setup(_log_file(job, cfg.output_root()), opts.verbose, divert_stderr=True)
     log.info("%s: full log in %s", job, path)
     if ray_:
-        start_ray(cfg.ray_address, opts)
+        start_ray(cfg.ray_address, opts, env)
     result = function.get()(cfg) if net is None else function.get()(cfg, net)
     # The collector's last pass over torch's and Ray's objects at exit takes ~1 s (measured:
     # `import torchvision` exits in 1.2 s, frozen in 0.2 s); the process ends right after this.
@@ -126,16 +129,23 @@ class _Import(threading.Thread):
         return self.value
 
 
-def start_ray(address: str | None, opts: Options = Options()) -> None:
+def start_ray(address: str | None, opts: Options = Options(), env: dict | None = None) -> None:
     """Join ``address`` (default: RAY_ADDRESS, a running local cluster, else a new local
     instance, without a dashboard unless asked: it lives only as long as the job). Workers of
     a new local instance inherit this process's environment, the job's log file among it; the
-    training loops append their records to it (:func:`pipeline.runs.logs.worker_setup`). Workers'
-    console output reaches this console only with ``verbose``."""
-    # no runtime_env: one would start every worker of the job fresh, not from Ray's
-    # prestarted pool (measured: the first batch of a pass 2 s later)
-    # include_dashboard only applies to a new instance; joining a cluster ignores it
-    ray.init(address=address, log_to_driver=opts.verbose, include_dashboard=opts.dashboard)
+    training loops append their records to it (:func:`pipeline.runs.logs.worker_setup`); ``env``
+    (the storage options' variables) is given to the job's workers on a running cluster too.
+    Workers' console output reaches this console only with ``verbose``."""
+    # No runtime_env unless storage options must reach workers of a running cluster: one
+    # starts every worker of the job fresh, not from Ray's prestarted pool (measured: the
+    # first batch of a pass 2 s later). include_dashboard only applies to a new instance.
+    runtime_env = {"env_vars": env} if env else None
+    ray.init(
+        address=address,
+        log_to_driver=opts.verbose,
+        include_dashboard=opts.dashboard,
+        runtime_env=runtime_env,
+    )
 
 
 def _log_file(job: str, root: str) -> Path:

@@ -6,6 +6,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import io  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -13,6 +15,26 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.settings import Preprocess
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The suite's S3-protocol server (moto's, started by the `s3` fixture in this process), reached
+# the standard way: the AWS variables, set before Ray starts so its workers inherit them. Never
+# a real account: these replace whatever the environment had.
+S3_ENDPOINT = f"http://127.0.0.1:{_free_port()}"
+os.environ.update(
+    AWS_ENDPOINT_URL=S3_ENDPOINT,
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+)
+for _name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
 
 # Real data and weights beside the checkout; tests that read them skip when they are absent.
 SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -58,6 +80,35 @@ def ray_local(_ray_session):
     return start_ray()
 
 
+# ---------------------------------------------------------------------------- object storage
+
+
+@pytest.fixture(scope="session")
+def _s3_server():
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+
+    port = int(S3_ENDPOINT.rsplit(":", 1)[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield
+    server.stop()
+
+
+@pytest.fixture
+def s3(_s3_server, request) -> str:
+    """A fresh bucket on the suite's S3 server, as ``s3://<bucket>``."""
+    import s3fs
+
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+    bucket = f"{readable[:40].strip('-')}-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    return f"s3://{bucket}"
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -74,6 +125,36 @@ def plan_rows(plan, classes=None) -> dict[str, list]:
         "label": labels,
         "split": [r[3] for r in rows],
     }
+
+
+def write_tars(folder, out, per_shard: int, label: str = "name", prefix: str = "train") -> list:
+    """The images of a folder-per-class dataset as WebDataset tars of ``per_shard`` samples,
+    ``<prefix>-00000.tar``...: ``<key>.png`` beside ``<key>.cls`` holding the class name
+    (``label="name"``) or its sorted index (``"index"``), or ``<key>.json`` (``"json"``).
+    Returns the tars' paths."""
+    import json
+    import tarfile
+
+    files = sorted(Path(folder).rglob("*.png"))
+    classes = sorted({f.parent.name for f in files})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tars = []
+    for n, start in enumerate(range(0, len(files), per_shard)):
+        tars.append(Path(out) / f"{prefix}-{n:05d}.tar")
+        with tarfile.open(tars[-1], "w") as tar:
+            for f in files[start : start + per_shard]:
+                key = f"{f.parent.name}_{f.stem}"
+                tar.add(f, arcname=f"{key}.png")
+                name = f.parent.name
+                meta = {
+                    "name": ("cls", name.encode()),
+                    "index": ("cls", str(classes.index(name)).encode()),
+                    "json": ("json", json.dumps({"label": name}).encode()),
+                }[label]
+                info = tarfile.TarInfo(f"{key}.{meta[0]}")
+                info.size = len(meta[1])
+                tar.addfile(info, io.BytesIO(meta[1]))
+    return tars
 
 
 def frozen_tensors(net) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from pipeline.data.schema import (
     feature_schema,
     labels_of,
 )
+from pipeline.runs.storage import current_fs
 
 
 class FeatureSet:
@@ -59,7 +60,7 @@ class FeatureSet:
     @classmethod
     def under(cls, root: str) -> list[FeatureSet]:
         """The complete feature sets directly under ``root`` (a ``featurize.out``), by name."""
-        fs, path = fsspec.core.url_to_fs(root)
+        fs, path = current_fs(root)
         found = []
         for entry in sorted(fs.ls(path, detail=False)) if fs.isdir(path) else []:
             if not entry.rsplit("/", 1)[-1].startswith(".") and fs.exists(f"{entry}/{MANIFEST}"):

@@ -43,6 +43,7 @@ from pipeline.data.schema import (
     UNITS,
     FeatureSetError,
 )
+from pipeline.runs.storage import current_fs
 
 LABEL_NAMES = b"label_names"  # a part's metadata: the class names its label indexes point at
 PART = re.compile(r"part-([0-9a-f]{16})-\d+\.parquet$")
@@ -99,7 +100,7 @@ def write_marker(fs: fsspec.AbstractFileSystem, root: str, unit: str, marker: di
 
 def finished_units(uri: str) -> set[str]:
     """The digests of the units ``uri`` holds a completion marker for."""
-    fs, root = fsspec.core.url_to_fs(uri)
+    fs, root = current_fs(uri)
     if not fs.exists(f"{root}/{UNITS}"):
         return set()
     names = (p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{UNITS}", detail=False))
@@ -109,7 +110,7 @@ def finished_units(uri: str) -> set[str]:
 def clear_unfinished(uri: str, keep: set[str]) -> int:
     """Remove everything of the units not in ``keep`` (their parts, error parts and markers)
     and every temporary file: what a killed run left. Returns the files removed."""
-    fs, root = fsspec.core.url_to_fs(uri)
+    fs, root = current_fs(uri)
     if not fs.exists(root):
         return 0
     doomed = []
@@ -144,7 +145,7 @@ def finalize(uri: str, manifest: dict, units: list[str], classes: list[str] | No
     """Make a finished directory complete: every unit of ``units`` has its marker, labels found
     while reading get their index in the sorted class names (``classes`` when known), the
     error parts are merged, the counts summed, and the manifest written last."""
-    fs, root = fsspec.core.url_to_fs(uri)
+    fs, root = current_fs(uri)
     markers = {u: json.loads(fs.cat_file(marker_path(root, u))) for u in _present(fs, root, units)}
     missing = len(units) - len(markers)
     if missing:

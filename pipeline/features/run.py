@@ -75,9 +75,11 @@ class FeaturizeResult:
         if self.images == 0 and len(self.cached) == len(self.feature_sets):
             return f"featurize: cache hit, nothing computed -> {uris}"
         steady = f"{self.steady_images_per_s:.1f} steady, " if self.steady_images_per_s else ""
+        read, total = self.units
+        kept = f"; {total - read} of {total} units done before, kept" if read < total else ""
         return (
             f"featurize: {self.images} images, {self.errors} errors, "
-            f"{self.images_per_s:.1f} images/s ({steady}{self.engine}) -> {uris}"
+            f"{self.images_per_s:.1f} images/s ({steady}{self.engine}){kept} -> {uris}"
         )
 
 

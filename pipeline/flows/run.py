@@ -21,8 +21,10 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pipeline.data.featureset import FeatureSet
 from pipeline.data.listing import plan_data
 from pipeline.data.plan import DataPlan
+from pipeline.features.plan import FeatureSetMismatch, check_feature_set
 from pipeline.features.run import FeaturizeResult, featurize
 from pipeline.inference.batch import accuracy, predict, read_predictions
 from pipeline.net.graph import TransferNet
@@ -60,13 +62,23 @@ def run_train(cfg: TrainJobConfig, base: TransferNet | None = None) -> FitResult
 
     items = plan_data(cfg.data)
     base = base if base is not None else _base(cfg.model)
-    classes = items.classes or _classes_of(base, items, cfg)
+    found = None if items.classes else _featurized_first(base, items, cfg)
+    classes = items.classes or found.classes
     net = build_network(cfg.model, classes, cfg.train.fine_tune, base)
     saved = net.saved()  # once: the actors' copy, the run's name and the workers' copy
     if cfg.mode == "end_to_end":
         return fit(net, items, cfg.train, saved=saved)
-    feature_set = featurize(net, items, cfg.featurize, saved=saved).feature_sets[0]
-    return fit_featurized(net, feature_set, cfg.train, saved=saved)
+    if found is None or not _made_by(net, found):
+        found = featurize(net, items, cfg.featurize, saved=saved).feature_sets[0]
+    return fit_featurized(net, found, cfg.train, saved=saved)
+
+
+def _made_by(net: TransferNet, fs: FeatureSet) -> bool:
+    try:
+        check_feature_set(net, fs)
+    except FeatureSetMismatch:
+        return False
+    return True
 
 
 def _base(model) -> TransferNet:
@@ -74,9 +86,9 @@ def _base(model) -> TransferNet:
     return load(model.start_from) if model.start_from else zoo_network(model)
 
 
-def _classes_of(base: TransferNet, items: DataPlan, cfg: TrainJobConfig) -> list[str]:
-    """Class names only reading the shards can tell: featurize first (the frozen prefix does
-    not depend on the head, so the fit's own featurize finds this set complete)."""
+def _featurized_first(base: TransferNet, items: DataPlan, cfg: TrainJobConfig) -> FeatureSet:
+    """Class names only reading the shards can tell: featurize first, with the frozen prefix
+    the fit uses (it does not depend on the head), and fit on that set."""
     if cfg.mode == "end_to_end":
         raise ValueError(
             "the shards' labels have no names, so the classes are known only after reading "
@@ -85,7 +97,7 @@ def _classes_of(base: TransferNet, items: DataPlan, cfg: TrainJobConfig) -> list
     head = head_of(base, cfg.model)
     cut = cfg.model.cuts() if cfg.model.cut is not None else cut_for(base, 0, head)
     (feature_set,) = featurize(base, items, cfg.featurize, cuts=[cut]).feature_sets
-    return feature_set.classes
+    return feature_set
 
 
 def run_predict(cfg: PredictJobConfig, net: TransferNet | None = None) -> str:
@@ -123,6 +135,7 @@ def run_sweep(cfg: TuneJobConfig, base: TransferNet | None = None) -> SweepResul
     name = sweep.name or sweep_name(cfg, items)
     path = f"{absolute_uri(sweep.storage).rstrip('/')}/{name}"
     base = base if base is not None else zoo_network(cfg.model)
+    found, cuts = [], []
     if items.classes is None:  # found while featurizing, which a sweep does first anyway
         head = head_of(base, cfg.model)
         cuts = [cut_for(base, d, head) for d in sweep.depths() if not d.everything]
@@ -131,7 +144,9 @@ def run_sweep(cfg: TuneJobConfig, base: TransferNet | None = None) -> SweepResul
     plan = plan_sweep(sweep, train, cfg.model, base, items, path)
     featurize_seconds = 0.0
     frozen = plan.frozen_cuts()
-    if frozen and sweep.feature_cache == "shared":
+    if found and sweep.feature_cache == "shared" and list(frozen.values()) == cuts:
+        plan.feature_sets = {key: absolute_uri(fs.uri) for key, fs in zip(frozen, found)}
+    elif frozen and sweep.feature_cache == "shared":
         t0 = time.perf_counter()
         net = from_files(plan.networks[next(iter(frozen))])
         done = featurize(net, items, cfg.featurize, cuts=list(frozen.values()))
@@ -161,6 +176,7 @@ def sweep_name(cfg: TuneJobConfig, items: DataPlan) -> str:
         mode="json",
         exclude={
             "ray_address": True,
+            "storage_options": True,
             "sweep": {"name", "label", "storage", "max_concurrent_trials"},
         },
     )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -40,7 +39,7 @@ from pipeline.engine.dataflow import Pass, prepare_engine, run_until_done
 from pipeline.features.plan import check_feature_set
 from pipeline.net.graph import TransferNet
 from pipeline.net.saved import SavedNet
-from pipeline.runs.storage import absolute_uri
+from pipeline.runs.storage import absolute_uri, current_fs
 from pipeline.settings import PredictConfig, Preprocess
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def predict(
     preprocess = Preprocess(**net.spec["preprocess"])
     saved = net.saved()  # once: the output's identity and the actors' copy
     identity = dict(_identity(saved, items), classes=classes)
-    fs, root = fsspec.core.url_to_fs(cfg.out)
+    fs, root = current_fs(cfg.out)
     if fs.exists(f"{root}/{MANIFEST}"):
         done = FeatureSet.open(cfg.out).manifest
         if {k: done.get(k) for k in identity} == identity:

@@ -29,7 +29,21 @@ import ray.data  # configures its loggers on import; setup() reroutes them after
 log = logging.getLogger("pipeline")
 
 LOG_FILE_ENV = "PIPELINE_LOG_FILE"  # the job's log file, once setup() has chosen it
-NOISY = ("ray", "ray.data", "ray.tune", "ray.train", "filelock", "urllib3", "fsspec")
+NOISY = (
+    "ray",
+    "ray.data",
+    "ray.tune",
+    "ray.train",
+    "filelock",
+    "urllib3",
+    "fsspec",
+    # object storage: a debug line per request and per event hook
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "gcsfs",
+    "asyncio",
+)
 FILE_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
 
@@ -122,7 +136,8 @@ def quiet_libraries() -> None:
             ):
                 logger.removeHandler(handler)
         logger.propagate = True
-        # Ray Data logs its scheduler's state at debug level several times a second
+        # Ray Data logs its scheduler's state at debug level several times a second;
+        # botocore logs every request
         logger.setLevel(logging.INFO)
     ray.data.DataContext.get_current().enable_progress_bars = False
 

@@ -33,6 +33,7 @@ class Scores(Protocol):
 
     def summary(self) -> str: ...
 
+
 CURVES = {
     "loss.png": ("loss", ["train_loss", "val_loss"]),
     "accuracy.png": ("accuracy", ["train_accuracy", "val_accuracy"]),

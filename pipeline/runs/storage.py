@@ -36,6 +36,22 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def current_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``uri``'s filesystem and path, with what this process cached of its listings dropped:
+    s3fs and gcsfs keep them, and Ray's workers write there while the driver waits. All of
+    them: ``invalidate_cache(path)`` drops a path and its parents, not what is below it."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.invalidate_cache()
+    return fs, path
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray ``Checkpoint``'s directory as a URI (its ``path`` drops the scheme of object
+    storage: ``bucket/run/checkpoint_000001``)."""
+    scheme = {"s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name, "")
+    return scheme + checkpoint.path if scheme else checkpoint.path
+
+
 def absolute_uri(uri: str) -> str:
     """A local path made absolute against the driver's directory (URIs unchanged): Ray's
     workers run in the directory their node started in, not the job's."""

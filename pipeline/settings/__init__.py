@@ -24,6 +24,7 @@ from pipeline.settings.jobs import (
     TrainJobConfig,
     TuneJobConfig,
     labelled,
+    storage_env,
 )
 from pipeline.settings.model import FineTuneConfig, LayerOverride, ModelConfig, Preprocess
 from pipeline.settings.passes import FeaturizeConfig, PassConfig, PredictConfig
@@ -67,6 +68,7 @@ __all__ = [
     "TuneJobConfig",
     "Unfreeze",
     "labelled",
+    "storage_env",
     "load_config",
     "reference",
 ]

@@ -13,9 +13,9 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from pipeline.settings.base import RAY_ADDRESS_HELP, Settings
 from pipeline.settings.data import DataConfig
@@ -25,6 +25,42 @@ from pipeline.settings.sweeps import CompareConfig, SearchSpace, SweepConfig
 from pipeline.settings.training import TrainConfig
 
 RayAddress = Field(None, description=RAY_ADDRESS_HELP)
+
+# storage_options -> the standard variables s3fs, pyarrow and Ray Train's storage all read
+STORAGE_ENV = {
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "key": "AWS_ACCESS_KEY_ID",
+    "secret": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+    "region": "AWS_DEFAULT_REGION",
+}
+
+
+def _known_storage_options(options: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(options) - set(STORAGE_ENV))
+    if unknown:
+        raise ValueError(f"unknown storage options {unknown}; valid: {sorted(STORAGE_ENV)}")
+    return options
+
+
+StorageOptions = Annotated[
+    dict[str, str],
+    AfterValidator(_known_storage_options),
+    Field(
+        description="how s3:// paths (AWS S3, MinIO, any S3-protocol server) are reached: "
+        "endpoint_url, key, secret, token, region; set for this job and its Ray workers as the "
+        "standard AWS variables they stand for (default: those variables as they are)"
+    ),
+]
+
+
+def storage_env(options: dict[str, str]) -> dict[str, str]:
+    """The environment variables ``storage_options`` stand for.
+
+    >>> storage_env({"endpoint_url": "http://minio:9000"})
+    {'AWS_ENDPOINT_URL': 'http://minio:9000'}
+    """
+    return {STORAGE_ENV[k]: v for k, v in options.items()}
 
 
 class FeaturizeJobConfig(Settings):
@@ -40,6 +76,7 @@ class FeaturizeJobConfig(Settings):
     data: DataConfig
     featurize: FeaturizeConfig = FeaturizeConfig()
     ray_address: str | None = RayAddress
+    storage_options: StorageOptions = {}
 
     def output_root(self) -> str:
         return self.featurize.out
@@ -58,6 +95,7 @@ class TrainJobConfig(Settings):
     featurize: FeaturizeConfig = FeaturizeConfig()
     train: TrainConfig = TrainConfig()
     ray_address: str | None = RayAddress
+    storage_options: StorageOptions = {}
 
     def output_root(self) -> str:
         return self.train.storage
@@ -75,6 +113,7 @@ class TuneJobConfig(Settings):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     ray_address: str | None = RayAddress
+    storage_options: StorageOptions = {}
 
     @model_validator(mode="after")
     def _cuts_come_from_the_sweep(self):
@@ -103,6 +142,7 @@ class PredictJobConfig(Settings):
     data: DataConfig
     predict: PredictConfig = PredictConfig()
     ray_address: str | None = RayAddress
+    storage_options: StorageOptions = {}
 
     def output_root(self) -> str:
         # the logs go beside the predictions, not into them: the directory stays readable as
@@ -160,6 +200,7 @@ class DemoConfig(Settings):
     out: Path = Field(Path("runs/demo"), description="where everything is written")
     seed: int = Field(0, description="seeds the generated data")
     ray_address: str | None = RayAddress
+    storage_options: StorageOptions = {}
 
     def network(self) -> ModelConfig:
         """``model``, fed crops of the demo's ``image_size`` unless it sets its own."""

@@ -14,16 +14,17 @@ Example (the summary a finished sweep logs):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from pipeline.net.saving import load
 from pipeline.runs import report
+from pipeline.runs.storage import checkpoint_uri
 from pipeline.settings import COMPARE_ROWS, SweepConfig
 from pipeline.train.evaluate import evaluate
 from pipeline.tune.plan import SweepPlan
@@ -141,10 +142,11 @@ def _prune(results, table: list[dict]) -> None:
     for result, row in zip(results, table):
         if result.error or not result.best_checkpoints:
             continue
-        keep = {row["checkpoint"], result.checkpoint.path if result.checkpoint else None}
+        keep = {row["checkpoint"], checkpoint_uri(result.checkpoint) if result.checkpoint else None}
         for checkpoint, _ in result.best_checkpoints:
-            if checkpoint.path not in keep:
-                shutil.rmtree(checkpoint.path, ignore_errors=True)
+            if checkpoint_uri(checkpoint) not in keep:
+                with contextlib.suppress(FileNotFoundError):  # a resumed sweep's, gone already
+                    checkpoint.filesystem.delete_dir(checkpoint.path)
 
 
 def _compare_rows(table: list[dict], plan: SweepPlan, test_splits: list[str]) -> list[dict]:

@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipeline.runs.logs import Progress, captured_stdout, worker_setup
+from pipeline.runs.storage import checkpoint_uri
 from pipeline.settings import SearchSpace, SweepConfig, Unfreeze
 from pipeline.train.fit import torch_trainer
 from pipeline.train.loop import Fit, epoch_line
@@ -228,7 +229,7 @@ def best_checkpoint(result, metric: str, mode: str) -> str | None:
     best reported epoch carried."""
     checkpoint = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else None
     if checkpoint is not None:
-        return checkpoint.path
+        return checkpoint_uri(checkpoint)
     frame = result.metrics_dataframe
     if frame is None or "checkpoint_path" not in frame or frame[metric].isna().all():
         return None

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from conftest import write_tars
 from pipeline.data.listing import plan_data
 from pipeline.data.parts import finalize
 from pipeline.data.shapes import generate_shapes
@@ -10,10 +11,11 @@ from pipeline.data.writers import PartWriter
 from pipeline.net.builder import TransferLearning
 from pipeline.settings import DataConfig, Preprocess
 from pipeline.train.data import FeatureData, epoch_order, in_order
-from pipeline.train.images import ImageData
+from pipeline.train.images import ImageData, StreamedImages, image_data
 from pipeline.train.streaming import StreamedFeatures
 
 SHAPES = {"pool": (3,)}
+SHAPE_NAMES = ["circle", "cross", "square", "stripes", "triangle"]
 
 
 def _feature_set(directory, n=20):
@@ -107,3 +109,34 @@ def test_a_streamed_shard_is_the_same_every_run_and_every_row_once_an_epoch(tmp_
     assert [len(t) for t in thirds] == [7, 7, 6] and {t.per_rank for t in thirds} == {7}
     rows = [_streamed_rows(t, 0, [len(t)])[0] for t in thirds]
     assert sorted(torch.cat(rows).tolist()) == sorted(first.tolist())
+
+
+def _epoch(images, epoch):
+    """One epoch of a StreamedImages: its features (the prefix's outputs) and labels."""
+    got = list(images.batches([torch.zeros(4)] * (len(images) // 4), epoch, "cpu"))
+    return torch.cat([x[0].flatten(1) for x, _ in got]), torch.cat([y for _, y in got])
+
+
+def test_streamed_shards_give_every_member_once_an_epoch_in_a_seeded_order(tmp_path):
+    generate_shapes(tmp_path / "d", per_class=4, size=32)
+    write_tars(tmp_path / "d", tmp_path / "wds", per_shard=5)  # 4 shards, sorted by class
+    plan = plan_data(
+        DataConfig(
+            sources=[{"uri": str(tmp_path / "wds"), "label_names": sorted(SHAPE_NAMES)}],
+            splits={"train": 1.0},
+        )
+    )
+    net = TransferLearning("tiny:cnn").set_feature_extractor("pool").build()
+    images = image_data(plan, "train", (0, 1), net, augment=None, device="cpu", buffer_rows=6)
+    assert isinstance(images, StreamedImages) and len(images) == 20
+    once, labels = _epoch(images, 1)
+    again, labels_again = _epoch(images, 1)
+    assert torch.equal(once, again) and torch.equal(labels, labels_again)  # a resume's epoch
+    assert sorted(labels.tolist()) == sorted([0, 1, 2, 3, 4] * 4)  # every member once
+    other, _ = _epoch(images, 2)
+    assert not torch.equal(once, other)  # another epoch, another order
+    assert sorted(map(tuple, once.tolist())) == sorted(map(tuple, other.tolist()))
+    plain, _ = _epoch(images, 0)  # evaluation: the shards in order, unshuffled
+    assert sorted(map(tuple, plain.tolist())) == sorted(map(tuple, once.tolist()))
+    ranks = [image_data(plan, "train", (r, 2), net, augment=None, device="cpu") for r in (0, 1)]
+    assert sorted(len(r) for r in ranks) == [10, 10]  # two shards each
