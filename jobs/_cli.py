@@ -78,7 +78,7 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     ``flow(cfg)``; ``flow`` is ``"module:function"``, imported while the checks run and Ray starts,
     and given the network the checks built."""
     function = _Import(flow)
-    env = storage_env(cfg.storage_options)
+    env = storage_env(getattr(cfg, "storage_options", {}))  # the benchmarks' configs have none
     os.environ.update(env)  # before the checks: they may look at s3:// paths
     try:
         net = preflight.check(cfg)  # built once: the flow edits it

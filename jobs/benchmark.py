@@ -6,6 +6,7 @@ python -m jobs.benchmark fit [--images N] [cut=flatten] [head=classifier.1]
 python -m jobs.benchmark sweep [--images N] [trials=8] [epochs=5]
 python -m jobs.benchmark listing [--images N] [factor=20]
 python -m jobs.benchmark scale [--images N] [epochs=1]
+python -m jobs.benchmark shards [--images N] [factor=100]
 """
 
 import sys

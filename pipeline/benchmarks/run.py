@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.benchmarks import featurize, fit, listing, scale, sweep
+from pipeline.benchmarks import featurize, fit, listing, scale, shards, sweep
 from pipeline.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -27,6 +27,7 @@ DEFAULT_IMAGES = {
     "sweep": 512,
     "listing": 10_000,
     "scale": 20_000,
+    "shards": 10_000,
 }
 
 
@@ -34,7 +35,7 @@ class BenchmarkConfig(Settings):
     """``python -m jobs.benchmark WHAT``: one measured claim, with its plain PyTorch baseline
     measured in the same run."""
 
-    what: Literal["featurize", "featurize-memory", "fit", "sweep", "listing", "scale"]
+    what: Literal["featurize", "featurize-memory", "fit", "sweep", "listing", "scale", "shards"]
     data: Path | None = Field(
         SHARED / "data" / "flowers128",
         description="folder per class (default ../shared/data/flowers128; generated when absent)",
@@ -53,7 +54,8 @@ class BenchmarkConfig(Settings):
         None,
         gt=0,
         description="default: all (featurize), 250 (featurize-memory), 512 (fit, sweep), "
-        "10000 (listing: empty files), 20000 (scale: 32 px images; the large run is 10x)",
+        "10000 (listing: empty files), 20000 (scale: 32 px images; the large run is 10x), "
+        "10000 (shards: 16 px images in tars of 1000; the large run is 100x)",
     )
     batch_size: int = Field(
         64, gt=0, description="the baseline's batch (and the fit and sweep benchmarks')"
@@ -69,7 +71,10 @@ class BenchmarkConfig(Settings):
     )
     gpu_decode: bool = Field(False, description="featurize on cuda: decode JPEGs on the GPU")
     factor: int = Field(
-        8, gt=1, description="featurize-memory, listing (default 20): the larger run's multiple"
+        8,
+        gt=1,
+        description="featurize-memory, listing (default 20), shards (default 100): the larger "
+        "run's multiple",
     )
     size: int = Field(64, ge=16, description="featurize-memory: generated image size")
     out: str = Field("runs/benchmark", description="where the log goes")
@@ -116,6 +121,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if cfg.what == "scale":  # its own 3-node cluster: this process starts no other Ray
         epochs = cfg.epochs if "epochs" in cfg.model_fields_set else 1
         return scale.scale_benchmark(Path(cfg.out), images, epochs)
+    if cfg.what == "shards":  # each size a featurize job of its own, with its own Ray
+        factor = cfg.factor if "factor" in cfg.model_fields_set else 100
+        return shards.shards_benchmark(Path(cfg.out), images, factor)
     if cfg.what == "listing":
         factor = cfg.factor if "factor" in cfg.model_fields_set else 20
         return listing.listing_benchmark(Path(cfg.out), images, factor)

@@ -131,7 +131,9 @@ def source_format(src: SourceConfig) -> str:
             names = pq.read_schema(f).names
         return "manifest" if "path" in names and src.image_column not in names else "parquet"
     if fs.isdir(path):
-        entries = fs.ls(path, detail=True)
+        entries = [
+            e for e in fs.ls(path, detail=True) if not _hidden(posixpath.basename(e["name"]))
+        ]
         kinds = {
             SHARD_SUFFIXES.get(posixpath.splitext(e["name"].lower())[1])
             if e["type"] == "file"
@@ -141,6 +143,11 @@ def source_format(src: SourceConfig) -> str:
         if len(kinds) == 1 and None not in kinds:
             return kinds.pop()
     return "folder"
+
+
+def _hidden(path: str) -> bool:
+    """A path with a part starting with ``.``: skipped, as in a folder of images."""
+    return any(part.startswith(".") for part in path.split("/"))
 
 
 def _is_glob(uri: str) -> bool:
@@ -172,7 +179,7 @@ def _list_folder(src: SourceConfig, cfg: DataConfig) -> Listed:
             f"a manifest or shard file ({MANIFEST_SUFFIXES}, .tar)"
         )
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
-    visible = [e for e in entries if not posixpath.basename(e["name"]).startswith(".")]
+    visible = [e for e in entries if not _hidden(posixpath.basename(e["name"]))]
     folders = [e["name"] for e in visible if e["type"] == "directory"]
     tasks = _use_tasks(cfg.listing, fs)
     listed = _parallel(_list_class_folder, [(uri, root, f) for f in folders], tasks)
@@ -283,7 +290,11 @@ def _list_shards(src: SourceConfig, cfg: DataConfig) -> Listed:
         found, root = fs.glob(path, detail=True), posixpath.dirname(path.split("*")[0])
     elif fs.isdir(path):
         root = path.rstrip("/")
-        found = {p: i for p, i in fs.find(root, detail=True).items() if p.lower().endswith(suffix)}
+        found = {
+            p: i
+            for p, i in fs.find(root, detail=True).items()
+            if p.lower().endswith(suffix) and not _hidden(p[len(root) :])
+        }
     else:
         found, root = {path: fs.info(path)}, posixpath.dirname(path)
     if not found:

@@ -197,12 +197,16 @@ def run_until_done(
 MODEL_CORES_PER_DECODER = 4
 
 
-def _decoders(cfg: PassConfig) -> ray.data.TaskPoolStrategy | None:
+def decode_tasks(cfg: PassConfig) -> int | None:
     """How many decode tasks run at a time: enough to feed the CPU actors' model threads (and
     no more: each is a process, and the cores are the model's), while a GPU's model wants every
-    CPU decoding (no cap)."""
+    CPU decoding (``None``: no cap)."""
     model_cores = cfg.actors * actor_threads(cfg)
-    size = cfg.decoders or (None if cfg.actor_gpus else -(-model_cores // MODEL_CORES_PER_DECODER))
+    return cfg.decoders or (None if cfg.actor_gpus else -(-model_cores // MODEL_CORES_PER_DECODER))
+
+
+def _decoders(cfg: PassConfig) -> ray.data.TaskPoolStrategy | None:
+    size = decode_tasks(cfg)
     return ray.data.TaskPoolStrategy(size=size) if size else None
 
 

@@ -1,0 +1,171 @@
+"""Shards as the unit of work: the same featurize job on N and 100N tiny generated images in
+WebDataset shards of 1,000 (a tiny network at 16 px, so planning and decoding dominate), each
+a fresh ``python -m jobs.featurize`` with a local Ray of its own, as a user runs it.
+
+Measured from outside the job: its driver's peak RSS (the kernel's high-water mark, VmHWM, read
+until it exits: the driver alone, not Ray's processes) and the time from the job's start (Ray
+start-up included) to the first part file in the output; from its log: the bytes its decoders
+had read from storage when that part was written.
+
+Example:
+
+    >>> from pipeline.benchmarks.shards import growth_line, write_shards
+    >>> write_shards(tmp / "wds", 2500, per_shard=1000)
+    3
+    >>> growth_line({"peak_mib": 500, "first_part_s": 9.0}, {"peak_mib": 520, "first_part_s": 9.5})
+    'shards: driver peak RSS grows 1.04x, first part after 9.5 s vs 9.0 s, for 100x the images'
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.data.shapes import SHAPES, generate_shapes
+from pipeline.engine.dataflow import decode_tasks
+from pipeline.settings import FeaturizeConfig
+
+log = logging.getLogger(__name__)
+PER_SHARD = 1000
+SIZE = 16
+# the driver's debug line (pipeline.features.run) the bytes are read from
+READ_LINE = re.compile(r"first part after ([\d.]+|-) s of the pass, (\d+) bytes read before it")
+
+
+def _encoded(root: Path, size: int) -> list[tuple[bytes, int]]:
+    """A few distinct PNGs per class ((bytes, class index)): members repeat them."""
+    generate_shapes(root, per_class=4, size=size)
+    images = []
+    for index, name in enumerate(sorted(SHAPES)):
+        for path in sorted((root / name).glob("*.png")):
+            buffer = io.BytesIO()
+            Image.open(path).save(buffer, "PNG")
+            images.append((buffer.getvalue(), index))
+    return images
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(root: Path, n: int, per_shard: int = PER_SHARD, size: int = SIZE) -> int:
+    """``n`` images as ``shard-NNNNNN.tar`` files of ``per_shard`` samples (``<key>.png`` and
+    ``<key>.cls``, a class index) under ``root``, kept between runs (a ``.complete`` marker);
+    returns the number of shards."""
+    shards = -(-n // per_shard)
+    marker = root / ".complete"
+    if marker.exists() and marker.read_text() == f"{n} {per_shard} {size}":
+        return shards
+    root.mkdir(parents=True, exist_ok=True)
+    images = _encoded(root / ".originals", size)
+    for s in range(shards):
+        with tarfile.open(root / f"shard-{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
+                data, label = images[i % len(images)]
+                _add(tar, f"{i:09d}.png", data)
+                _add(tar, f"{i:09d}.cls", str(label).encode())
+    marker.write_text(f"{n} {per_shard} {size}")
+    return shards
+
+
+def _peak_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def one_job(out: Path, n: int) -> dict:
+    """Featurize ``n`` images in shards with tiny:cnn (a fresh job); its figures."""
+    data, features = out / f"shards-{n}" / "data", out / f"shards-{n}" / "features"
+    shard_count = write_shards(data, n)
+    for old in features.glob("*/"):  # a cache hit would measure nothing
+        if old.name != "logs":
+            shutil.rmtree(old)
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.featurize",
+        "model.name=tiny:cnn",
+        "cuts=[pool]",
+        f"data.sources=[{{uri: {data}, label_names: {sorted(SHAPES)}}}]",
+        "data.splits={train: 1.0}",
+        f"featurize.out={features}",
+        f"model.image_size={SIZE}",
+        "featurize.dtype=float32",
+        "ray_address=local",
+    ]
+    start, peak, first_part = time.perf_counter(), 0.0, None
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while job.poll() is None:
+        peak = max(peak, _peak_mib(job.pid) or 0.0)
+        if first_part is None and next(features.glob("*/part-*.parquet"), None) is not None:
+            first_part = time.perf_counter() - start
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    output = job.stdout.read()
+    if job.returncode:
+        raise RuntimeError(f"the featurize job on {n} images failed:\n{output[-3000:]}")
+    log_file = re.search(r"full log in (\S+)", output).group(1)
+    found = READ_LINE.search(Path(log_file).read_text())
+    shard_bytes = (data / "shard-000000.tar").stat().st_size
+    decoders = decode_tasks(FeaturizeConfig()) or 0  # the job's: featurize's defaults
+    figures = {
+        "images": n,
+        "shards": shard_count,
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+        "peak_mib": peak,
+        "first_part_s": first_part if first_part is not None else seconds,
+        "bytes_before_first_part": int(found.group(2)) if found else -1,
+        "shard_bytes": shard_bytes,
+        "decoders": decoders,
+    }
+    log.info(
+        "shards %d images (%d shards): %.0f s from the job's start (%.0f images/s); driver peak "
+        "RSS %.0f MiB; first part after %.1f s, %.1f MiB read before it: %.2f shards of %.1f "
+        "MiB, %d decode task(s) at a time",
+        n,
+        shard_count,
+        seconds,
+        figures["images_per_s"],
+        peak,
+        figures["first_part_s"],
+        figures["bytes_before_first_part"] / 2**20,
+        figures["bytes_before_first_part"] / shard_bytes,
+        shard_bytes / 2**20,
+        decoders,
+    )
+    return figures
+
+
+def growth_line(small: dict, large: dict) -> str:
+    """The line scripts read (A: the larger run's first part, B: the smaller's)."""
+    return (
+        f"shards: driver peak RSS grows {large['peak_mib'] / small['peak_mib']:.2f}x, first "
+        f"part after {large['first_part_s']:.1f} s vs {small['first_part_s']:.1f} s, for 100x "
+        "the images"
+    )
+
+
+def shards_benchmark(out: Path, images: int, factor: int = 100) -> dict:
+    """Run :func:`one_job` at ``images`` and ``images * factor``."""
+    small = one_job(out, images)
+    large = one_job(out, images * factor)
+    line = growth_line(small, large)
+    if factor != 100:
+        line = line.replace("100x", f"{factor}x")
+    log.info(line)
+    return {"small": small, "large": large}
