@@ -4,13 +4,13 @@
 #   cluster/local.sh start                 # head node; dashboard and job API on 127.0.0.1
 #   cluster/local.sh submit featurize --config jobs/configs/featurize_tiny.yaml [key=value ...]
 #   cluster/local.sh submit train|predict|tune|demo|benchmark ...
-#   cluster/local.sh status
+#   cluster/local.sh status                # the node's resources, and every job submitted
 #   cluster/local.sh stop                  # stops only the processes `start` started
 #
 # Run it from the project root with the project's environment on PATH (. .venv/bin/activate):
 # jobs run with the `python` that `ray start` found. `submit` uploads the working tree
-# (`--working-dir .`, .gitignore'd paths left out), so give configs absolute output paths:
-# relative ones land in the job's temporary copy of the tree.
+# (`--working-dir .`, .gitignore'd paths left out) and the job runs in Ray's copy of it, but
+# relative paths in configs and arguments still mean this directory's files, as without `submit`.
 #
 # Security: token authentication stays on. `start` writes a random token (mode 600) to
 # $STATE/auth_token and every command here sends it; without it the job API refuses requests,
@@ -63,25 +63,57 @@ start() {
 submit() {
     local job=${1:?"usage: $0 submit featurize|train|predict|tune|demo|benchmark [args]"}
     shift
-    ray job submit --address "$DASHBOARD" --working-dir . -- python -m "jobs.$job" "$@"
+    # the job runs in Ray's copy of the tree; it resolves relative paths against this directory
+    ray job submit --address "$DASHBOARD" --working-dir . \
+        --runtime-env-json "{\"env_vars\": {\"PIPELINE_SUBMIT_DIR\": \"$PWD\"}}" \
+        -- python -m "jobs.$job" "$@"
+}
+
+descendants() {  # every process below $1, deepest first
+    local child
+    for child in $(pgrep -P "$1"); do descendants "$child"; echo "$child"; done
 }
 
 stop() {
     if ! running; then echo "not running"; rm -f "$STATE/ray.pid"; return; fi
-    local pid
+    local pid procs
     pid=$(cat "$STATE/ray.pid")
-    kill -TERM "$pid"
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    # still up after 30 s: kill it; its reaper process then ends the node's children
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    # the node's own processes (GCS, raylet, dashboard, workers), then `ray start` itself:
+    # SIGTERM to `ray start --block` alone waits out Ray's 30 s drain before it ends them
+    procs=$(descendants "$pid")
+    echo "stopping the node started by pid $pid ($(echo "$procs" | wc -w) processes)"
+    # shellcheck disable=SC2086
+    [[ -n "$procs" ]] && kill -TERM $procs 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do
+        alive=0
+        for p in $procs $pid; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.5
+    done
+    for p in $procs $pid; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
     rm -f "$STATE/ray.pid"
-    echo "stopped pid $pid"
+    echo "stopped"
+}
+
+status() {
+    if ! running; then echo "not running"; return; fi
+    ray status --address "127.0.0.1:$RAY_PORT"
+    python - "$DASHBOARD" <<'PY'
+import sys
+from ray.job_submission import JobSubmissionClient
+
+jobs = sorted(JobSubmissionClient(sys.argv[1]).list_jobs(), key=lambda j: j.start_time or 0)
+print(f"Jobs ({len(jobs)}):")
+for job in jobs:
+    print(f"  {job.submission_id or job.job_id}  {job.status.value:<9}  {job.entrypoint}")
+PY
 }
 
 case ${1:-} in
     start) start ;;
     submit) shift; submit "$@" ;;
-    status) running && ray status --address "127.0.0.1:$RAY_PORT" || echo "not running" ;;
+    status) status ;;
     stop) stop ;;
     *) sed -n '2,9p' "$0"; exit 2 ;;
 esac

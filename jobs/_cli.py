@@ -8,6 +8,7 @@ import gc
 import importlib
 import logging
 import os
+import shlex
 import sys
 import threading
 import time
@@ -19,11 +20,13 @@ from typing import NoReturn
 import ray
 from pydantic import BaseModel
 
-from pipeline.flows import preflight
+from pipeline.flows import preflight, visibility
 from pipeline.runs import logs
+from pipeline.runs.storage import submitter_dir
 from pipeline.settings import ConfigError, labelled, load_config, storage_env
 
 log = logging.getLogger("pipeline.jobs")
+EXTRA_OVERRIDES = "PIPELINE_OVERRIDES"  # key=value ... applied after the command line's
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ def parse(
     ``kind``, options); ``flags`` maps each ``--FLAG VALUE`` to the override ``KEY=VALUE`` it is
     shorthand for."""
     flags = flags or {}
+    origin = submitter_dir()
+    if origin is not None:  # a submitted job: relative paths mean what they mean to the user
+        os.chdir(origin)
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", help=f"YAML file with {kind.__name__} fields")
     parser.add_argument(
@@ -63,8 +69,10 @@ def parse(
     shorthand = [
         f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f) is not None
     ]
+    # after the command line's: the docs-command tests shrink long runs with it
+    extra = shlex.split(os.environ.get(EXTRA_OVERRIDES, ""))
     try:
-        cfg = load_config(kind, args.config, args.overrides + shorthand)
+        cfg = load_config(kind, args.config, args.overrides + shorthand + extra)
     except ConfigError as e:
         _refuse(e, opts)
     if args.config:  # runs start with the config's name: runs/train/train_flowers-1a2b...
@@ -88,6 +96,10 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     log.info("%s: full log in %s", job, path)
     if ray_:
         start_ray(cfg.ray_address, opts, env)
+        try:
+            visibility.check_visible(cfg)  # a cluster of several machines: shared paths only
+        except ConfigError as e:
+            _refuse(e, opts)
     result = function.get()(cfg) if net is None else function.get()(cfg, net)
     # The collector's last pass over torch's and Ray's objects at exit takes ~1 s (measured:
     # `import torchvision` exits in 1.2 s, frozen in 0.2 s); the process ends right after this.

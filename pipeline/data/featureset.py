@@ -214,6 +214,16 @@ class FeatureSet:
         fs, root = fsspec.core.url_to_fs(self.uri)
         return pq.read_table(f"{root}/{ERRORS}", filesystem=fs)
 
+    def skipped(self, k: int = 3) -> str:
+        """One line naming the errors table and its first ``k`` inputs ('' when none)."""
+        n = self.manifest.get("errors", 0)
+        if not n:
+            return ""
+        first = self.errors().slice(0, k).to_pylist()
+        names = ", ".join(f"{_short(e['source'])} ({_short_reason(e['reason'])})" for e in first)
+        more = ", ..." if n > k else ""
+        return f"{n} input(s) skipped, listed in {self.uri}/{ERRORS}: {names}{more}"
+
     def dataset(self, split: str | None = None):
         """The rows as a Ray Dataset (feature columns are tensors in ``iter_torch_batches``)."""
         import ray.data  # heavy, and optional for readers of the format
@@ -221,3 +231,12 @@ class FeatureSet:
 
         ds = ray.data.read_parquet(self.paths)
         return ds.filter(expr=col(SPLIT) == split) if split is not None else ds
+
+
+def _short(source: str) -> str:
+    """A file's name, or a shard member as ``shard#member``."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _short_reason(reason: str, limit: int = 60) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."

@@ -77,10 +77,12 @@ class FeaturizeResult:
         steady = f"{self.steady_images_per_s:.1f} steady, " if self.steady_images_per_s else ""
         read, total = self.units
         kept = f"; {total - read} of {total} units done before, kept" if read < total else ""
-        return (
+        line = (
             f"featurize: {self.images} images, {self.errors} errors, "
             f"{self.images_per_s:.1f} images/s ({steady}{self.engine}){kept} -> {uris}"
         )
+        skipped = self.feature_sets[0].skipped() if self.errors and self.feature_sets else ""
+        return f"{line}\nfeaturize: {skipped}" if skipped else line
 
 
 def featurize(

@@ -160,6 +160,11 @@ def _select(net: TransferNet, name: str) -> list:
 def _where(path: str) -> str:
     if Path(path).is_absolute():
         return ""
+    if "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+        return (
+            f" (relative paths resolve against {Path.cwd()}, Ray's copy of the submitted tree: "
+            "submit with cluster/local.sh, or give absolute paths or URIs)"
+        )
     return f" (relative paths resolve against {Path.cwd()})"
 
 

@@ -111,7 +111,8 @@ def run_predict(cfg: PredictJobConfig, net: TransferNet | None = None) -> str:
     score = accuracy(table) if table.num_rows else float("nan")
     if score == score:  # some images carry labels among the network's classes
         line += f"; accuracy against the data's labels {score:.3f}"
-    log.info(line)
+    skipped = FeatureSet.open(out).skipped()
+    log.info(f"{line}\npredict: {skipped}" if skipped else line)
     return out
 
 

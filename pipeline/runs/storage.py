@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,41 @@ LATEST = "latest"
 def is_local(uri: str) -> bool:
     """A path on this machine's filesystem (or a ``file://`` URI), not object storage."""
     return "://" not in uri or uri.startswith("file://")
+
+
+SUBMIT_DIR = "PIPELINE_SUBMIT_DIR"  # set by cluster/local.sh submit: the submitter's directory
+
+
+def submitter_dir() -> Path | None:
+    """Where a job submitted with ``ray job submit --working-dir .`` was submitted from, when
+    this machine has it: the job runs in Ray's temporary copy of the tree, where relative paths
+    would not mean what they mean to the user. ``$PIPELINE_SUBMIT_DIR`` when set, else the
+    checkout this project is installed from in editable mode (``pip install -e .``) when its
+    ``pyproject.toml`` is the copy's; ``None`` outside a submitted job or when neither is here
+    (a cluster elsewhere: give absolute paths or URIs)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    if "working_dir" not in (job.get("runtime_env") or {}):
+        return None
+    given = os.environ.get(SUBMIT_DIR)
+    if given:
+        return Path(given) if Path(given).is_dir() else None
+    origin = _editable_origin()
+    mine = Path("pyproject.toml")
+    if origin is None or not (origin / "pyproject.toml").is_file() or not mine.is_file():
+        return None
+    same = (origin / "pyproject.toml").read_bytes() == mine.read_bytes()
+    return origin if same and origin.resolve() != Path.cwd().resolve() else None
+
+
+def _editable_origin() -> Path | None:
+    try:
+        text = importlib.metadata.distribution("ray-transfer").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    url = json.loads(text or "{}")
+    if not url.get("dir_info", {}).get("editable") or not url.get("url", "").startswith("file://"):
+        return None
+    return Path(url["url"].removeprefix("file://"))
 
 
 def current_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -91,10 +91,14 @@ class SearchSpace(Settings):
 
     ``unfreeze`` says where the frozen prefix ends: ``N`` or ``"top:N"`` unfreezes the network's
     top N blocks (see ``TransferNet.blocks()``; 0 trains only the head), a node name freezes
-    through that node, ``"all"`` freezes nothing."""
+    through that node, ``"all"`` freezes nothing. Unlike the other fields, a list of depths is
+    a grid: each depth is tried, with ``num_samples`` samples of the rest each;
+    ``{"choice": [...]}`` samples depths at random instead."""
 
     unfreeze: int | str | list[int | str] | Distribution = Field(
-        [0], description="unfreeze depths: N, 'top:N', a node name or 'all'"
+        [0],
+        description="unfreeze depths: N, 'top:N', a node name or 'all'; a list is tried depth "
+        "by depth (num_samples each), {choice: [...]} samples among them",
     )
     lr: float | list[float] | Distribution = {"loguniform": [1e-4, 1e-2]}
     weight_decay: float | list[float] | Distribution = 0.0

@@ -19,11 +19,13 @@ Example (needs a running Ray):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
+import fsspec
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
@@ -33,9 +35,10 @@ from pipeline.data.plan import DataPlan
 from pipeline.features.plan import check_feature_set
 from pipeline.net.graph import TransferNet
 from pipeline.net.saved import SavedNet
+from pipeline.net.saving import load
 from pipeline.runs import report
 from pipeline.runs.logs import Progress
-from pipeline.runs.storage import absolute_uri, default_name, mark_latest
+from pipeline.runs.storage import absolute_uri, current_fs, default_name, mark_latest
 from pipeline.settings import Preprocess, TrainConfig
 from pipeline.train.checkpoints import copy_back, read_checkpoint
 from pipeline.train.data import FeatureInput, ImageInput
@@ -43,6 +46,8 @@ from pipeline.train.loop import WorkerSpec, epoch_line, train_worker
 from pipeline.train.metrics import Evaluation
 
 log = logging.getLogger(__name__)
+RESULT = "result.json"  # written when a run has finished
+SKIPPED_ROWS = 20  # inputs the report lists of those the data skipped
 
 
 @dataclass
@@ -64,15 +69,26 @@ class FitResult:
         return [h["epoch"] for h in self.history]
 
     restored_epoch: int | None = None
+    finished_before: bool = False  # the run was complete: nothing trained, nothing written
 
     def summary(self) -> str:
         """Two lines: what was trained and restored, where the model and report are."""
         evaluation = self.evaluation.summary() if self.evaluation else "no evaluation"
+        done = f"{len(self.history)} epochs in {self.seconds:.0f} s"
+        if self.finished_before:
+            done = f"{self.run_dir} was finished already ({len(self.history)} epochs); nothing ran"
         return (
-            f"fit: {len(self.history)} epochs in {self.seconds:.0f} s; epoch "
-            f"{self.restored_epoch} restored: {evaluation}\n"
+            f"fit: {done}; epoch {self.restored_epoch} restored: {evaluation}\n"
             f"fit: model {self.model}, report {self.report}"
         )
+
+    def to_json(self) -> dict:
+        """What a finished run keeps in ``result.json`` (the net aside: that is ``model``)."""
+        fields = ("run_dir", "history", "attempts", "checkpoint", "report", "model", "seconds")
+        out = {name: getattr(self, name) for name in fields}
+        out["restored_epoch"] = self.restored_epoch
+        out["evaluation"] = self.evaluation.to_json() if self.evaluation else None
+        return out
 
 
 def fit_featurized(
@@ -90,6 +106,10 @@ def fit_featurized(
     rows = fs.count(config.train_split)
     check_rows(rows, fs.count(config.val_split, plain=True), config, fs.uri)
     check_labeled(fs.unlabeled, config, fs.uri)
+    skipped = None
+    if fs.manifest.get("errors"):  # listed in the report: the first rows of the errors table
+        first = fs.errors().select(["source", "reason"]).slice(0, SKIPPED_ROWS).to_pylist()
+        skipped = (fs.skipped(), first)
     return _fit_on(
         net,
         FeatureInput(absolute_uri(fs.uri)),
@@ -98,6 +118,7 @@ def fit_featurized(
         fs.classes,
         config,
         saved,
+        skipped,
     )
 
 
@@ -202,11 +223,16 @@ def _fit_on(
     classes: list[str],
     cfg: TrainConfig,
     saved: SavedNet | None = None,
+    skipped: tuple[str, list[dict]] | None = None,
 ) -> FitResult:
     saved = saved or net.saved()  # once: the run's name and the workers' copy
     name = cfg.name or run_name(saved, identity, cfg)
     storage = absolute_uri(cfg.storage)
     run_dir = f"{storage.rstrip('/')}/{name}"
+    finished = _finished(net, run_dir, classes)
+    if finished is not None:
+        log.info(finished.summary())
+        return finished
     start = time.perf_counter()
     log.info(
         "fit: %s, %s training rows, up to %d epochs (Ray Train) -> %s",
@@ -245,11 +271,29 @@ def _fit_on(
         out.history,
         out.evaluation,
         title=f"{name}: {cfg.metric} ({cfg.restore} checkpoint, epoch {out.restored_epoch})",
+        skipped=skipped,
     )
     out.model = f"{run_dir}/model"
     net.save(out.model)
     mark_latest(storage, name)
+    with fsspec.open(f"{run_dir}/{RESULT}", "w") as f:  # last: the run is finished
+        json.dump(out.to_json(), f, indent=1)
     log.info(out.summary())
+    return out
+
+
+def _finished(net: TransferNet, run_dir: str, classes: list[str]) -> FitResult | None:
+    """A finished run's result, its model's weights copied into ``net``; ``None`` when the
+    run is not finished (new, or interrupted: Ray Train resumes it)."""
+    fs, path = current_fs(f"{run_dir}/{RESULT}")
+    if not fs.exists(path):
+        return None
+    data = json.loads(fs.cat_file(path))
+    net.load_state_dict(load(data["model"]).state_dict())
+    net.spec["classes"] = classes
+    evaluation = data.pop("evaluation")
+    out = FitResult(net, **data, finished_before=True)
+    out.evaluation = Evaluation.from_json(evaluation, classes) if evaluation else None
     return out
 
 

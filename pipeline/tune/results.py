@@ -45,6 +45,7 @@ class SweepResult:
     compare: list[dict] = field(default_factory=list)
     featurize_seconds: float = 0.0
     seconds: float = 0.0
+    mode: str = "max"
 
     def summary(self) -> str:
         lines = [
@@ -59,6 +60,9 @@ class SweepResult:
                 f"{row['val_accuracy']:.3f} test {row['test_accuracy']:.3f} "
                 f"({row['seconds']:.0f} s)"
             )
+        depths = depth_line(self.table, self.best["metric"], self.mode)
+        if depths:
+            lines.append(f"sweep: {depths}")
         lines.append(f"sweep: best model {self.best_model}, report {self.report}")
         return "\n".join(lines)
 
@@ -97,13 +101,41 @@ def sweep_outputs(
     net.save(best_model)
     compare = _compare_rows(table, plan, test_splits) if cfg.preset == "compare" else []
     page = report.write_sweep_report(
-        path, table, chosen, best_model, compare, title=f"{os.path.basename(path)}: {cfg.metric}"
+        path,
+        table,
+        chosen,
+        best_model,
+        compare,
+        title=f"{os.path.basename(path)}: {cfg.metric}",
+        depths=depth_line(table, cfg.metric, cfg.mode),
     )
     if errors:
         log.warning(
             "%d trial(s) failed; see results.csv and their logs under %s", len(errors), path
         )
-    return SweepResult(path, table, chosen, best_model, page, compare)
+    return SweepResult(path, table, chosen, best_model, page, compare, mode=cfg.mode)
+
+
+def depth_line(table: list[dict], metric: str, mode: str) -> str:
+    """Which unfreeze depth won and by how much: the best ``metric`` of each depth's trials
+    (empty when the sweep tried one depth, or a compare preset's rows)."""
+    best: dict[str, float] = {}
+    for row in table:
+        value = row.get("best", math.nan)
+        if row.get("row") or value != value:
+            continue
+        key = str(row["unfreeze"])
+        if key not in best or (value > best[key] if mode == "max" else value < best[key]):
+            best[key] = value
+    if len(best) < 2:
+        return ""
+    ranked = sorted(best.items(), key=lambda kv: kv[1], reverse=mode == "max")
+    (won, top), (second, runner) = ranked[:2]
+    others = "; ".join(f"unfreeze {k}: {v:.4f}" for k, v in ranked[2:])
+    return (
+        f"unfreeze {won} won: best {metric} {top:.4f} vs {runner:.4f} for unfreeze {second} "
+        f"(by {abs(top - runner):.4f})" + (f"; {others}" if others else "")
+    )
 
 
 def _row(cfg: SweepConfig, result, wall: float) -> dict:

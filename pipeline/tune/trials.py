@@ -200,9 +200,10 @@ def param_space(space: SearchSpace) -> dict:
         return value
 
     params = {name: domain(getattr(space, name)) for name in type(space).model_fields}
+    # listed depths are each tried (a grid); {choice: [...]} samples among them
     keys = [d.key for d in space.depths()]
-    grid = isinstance(space.unfreeze, dict) and "grid" in space.unfreeze
-    params["unfreeze"] = tune.grid_search(keys) if grid else domain(keys)
+    random = isinstance(space.unfreeze, dict) and "choice" in space.unfreeze
+    params["unfreeze"] = tune.choice(keys) if random else tune.grid_search(keys)
     return params
 
 

@@ -145,6 +145,10 @@ def test_bad_files_are_recorded_skipped_and_counted(tiny_run):
     assert summary.startswith("featurize: 40 images, 5 errors, ")
     assert "onnxruntime) -> " in summary
     assert all(fs.uri in summary for fs in result.feature_sets)
+    first, second = summary.splitlines()  # where the errors are, and the first few
+    assert second.startswith("featurize: 5 input(s) skipped, listed in ")
+    assert f"{result.feature_sets[0].uri}/_errors.parquet: " in second and second.endswith(", ...")
+    assert sum(name in second for name in tiny_run["bad"]) == 3
 
 
 def test_same_inputs_again_is_a_cache_hit_that_computes_nothing(tiny_run):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from conftest import REPO
 from pipeline.data.shapes import generate_shapes
@@ -81,6 +82,30 @@ def test_a_mistake_exits_2_in_one_line_before_ray_starts(tmp_path, mistake, fiel
     assert done.stderr.count("\n") == 1
     assert "did you mean" in done.stderr or "does not exist" in done.stderr
     assert not (tmp_path / "runs").exists()  # no log file: nothing started
+
+
+@pytest.mark.slow
+def test_weights_of_another_architecture_name_the_one_they_fit_and_exit_2(tmp_path):
+    from pipeline.net.tiny import TinyCNN
+
+    generate_shapes(tmp_path / "my_images", per_class=2, size=32)
+    torch.save(TinyCNN().state_dict(), tmp_path / "cnn.pth")
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.train",
+        "--config",
+        str(REPO / "jobs/configs/own_data.yaml"),
+        "data.sources=[my_images]",
+        "model.name=tiny:resnet",
+        "model.weights=cnn.pth",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "error: model.name: weights 'cnn.pth' do not fit tiny:resnet; they fit tiny:cnn: "
+        "set model.name=tiny:cnn\n"
+    )
 
 
 def test_inspect_lists_nodes_shapes_and_the_frontier_of_a_cut(capsys):

@@ -30,7 +30,7 @@ KINDS = {
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_configs_validate(path: Path):
-    kind = KINDS[path.stem.split("_")[0]]
+    kind = TuneJobConfig if path.stem.endswith("_tune") else KINDS[path.stem.split("_")[0]]
     cfg = load_config(kind, str(path), [])
     assert isinstance(cfg, kind)
 

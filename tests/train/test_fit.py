@@ -79,7 +79,8 @@ def runs(tiny_features, tiny_net, tmp_path_factory):
         before = frozen_tensors(net)
         with injected_failure(fail_after):
             result = fit_featurized(net, tiny_features["pool"], cfg.model_copy(update=overrides))
-        out[key] = {"result": result, "net": net, "frozen_before": before}
+        files = {p: p.stat().st_mtime_ns for p in Path(result.run_dir).rglob("*")}
+        out[key] = {"result": result, "net": net, "frozen_before": before, "files": files}
     return out
 
 
@@ -119,6 +120,11 @@ def test_rerunning_a_finished_run_resumes_it_without_training(runs):
     assert rerun.run_dir == runs["failed"]["result"].run_dir
     assert rerun.attempts == [[1, 2], [3, 4]]  # nothing new ran
     assert same_tensors(runs["rerun"]["net"].state_dict(), runs["failed"]["net"].state_dict())
+    assert rerun.finished_before and "was finished already (4 epochs); nothing ran" in (
+        rerun.summary()
+    )
+    assert rerun.evaluation.accuracy == runs["failed"]["result"].evaluation.accuracy
+    assert runs["rerun"]["files"] == runs["failed"]["files"]  # not a file written
 
 
 def test_copy_back_restores_the_best_checkpoint_and_keeps_the_prefix(runs, tiny_features):
@@ -155,6 +161,7 @@ def test_run_writes_tensorboard_report_curves_and_the_exported_model(runs, tiny_
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run_dir / "report.html").read_text()
     assert "confusion.png" in page and "val_accuracy" in page
+    assert "<h2>Inputs skipped</h2>" in page and "broken.png" in page  # the set's errors
     exported = load(result.model)
     assert exported.spec["classes"] == tiny_features["items"].classes
     image = next((tiny_features["root"] / "square").glob("*.png"))

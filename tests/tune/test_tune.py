@@ -19,9 +19,16 @@ from pipeline.data.featureset import FeatureSet
 from pipeline.data.listing import plan_data
 from pipeline.data.shapes import generate_shapes
 from pipeline.flows.run import run_sweep
-from pipeline.net.heads import zoo_network
+from pipeline.net.builder import TransferLearning
+from pipeline.net.heads import cut_for, head_of, zoo_network
 from pipeline.net.saving import from_files, load
-from pipeline.settings import DataConfig, SweepConfig, TuneJobConfig, load_config
+from pipeline.settings import (
+    DataConfig,
+    SweepConfig,
+    TrainJobConfig,
+    TuneJobConfig,
+    load_config,
+)
 from pipeline.train.evaluate import evaluate
 from pipeline.tune.plan import plan_sweep
 
@@ -57,6 +64,31 @@ def _config(tmp: Path, **changes) -> dict:
 
 
 # ---------------------------------------------------------------------------- no Ray
+
+
+def test_listed_depths_are_each_tried_and_a_choice_samples_them():
+    from pipeline.settings import SearchSpace
+    from pipeline.tune.trials import param_space
+
+    listed = param_space(SearchSpace(unfreeze=[0, 1, "all"]))["unfreeze"]
+    assert listed == {"grid_search": ["0", "1", "all"]}
+    chosen = param_space(SearchSpace(unfreeze={"choice": [0, 1]}))["unfreeze"]
+    assert sorted(chosen.categories) == ["0", "1"]
+
+
+def test_own_data_tune_shares_own_datas_network_and_data_and_its_depth_0_is_that_cut():
+    own = load_config(TrainJobConfig, str(REPO / "jobs/configs/own_data.yaml"), [])
+    tune = load_config(TuneJobConfig, str(REPO / "jobs/configs/own_data_tune.yaml"), [])
+    assert tune.model.name == own.model.name and tune.data == own.data
+    assert tune.featurize == own.featurize
+    base = zoo_network(tune.model)
+    depth0 = cut_for(base, tune.sweep.depths()[0], head_of(base, tune.model))
+    frozen = [
+        TransferLearning("default").set_feature_extractor(*cut).build().frozen_parameter_names()
+        for cut in (depth0, own.model.cuts())
+    ]
+    assert frozen[0] == frozen[1]  # the same parameters train: the head's
+    assert len(tune.sweep.depths()) == 3
 
 
 def test_compare_plan_builds_scratch_from_random_weights_and_the_rest_pretrained(tmp_path):
