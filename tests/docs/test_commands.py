@@ -146,7 +146,8 @@ def _copy_project(target: Path) -> None:
 
 def _venv(project: Path) -> None:
     """A ``.venv`` of its own (the README's commands install into it) that sees this
-    environment's packages through a ``.pth`` file, so installing needs no download."""
+    environment's packages through a ``.pth`` file, so installing downloads nothing but the
+    build backend (setuptools, into pip's isolated build environment)."""
     subprocess.run(["python3.11", "-m", "venv", str(project / ".venv")], check=True)
     site = next((project / ".venv" / "lib").glob("python3*/site-packages"))
     ours = [p for p in sys.path if p.endswith("site-packages")]
@@ -154,7 +155,7 @@ def _venv(project: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, ray_local):
+def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
     project = root / "project"
     _copy_project(project)
@@ -169,7 +170,6 @@ def _env(project: Path, block: Block, ray_local) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{project / '.venv' / 'bin'}:{env['PATH']}"
     env["VIRTUAL_ENV"] = str(project / ".venv")
-    env["PIP_NO_BUILD_ISOLATION"] = "0"  # pip's spelling of --no-build-isolation: offline
     env.pop("PYTHONPATH", None)
     if "jobs.demo" in block.text:
         env["PIPELINE_OVERRIDES"] = DEMO
