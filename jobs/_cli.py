@@ -26,7 +26,8 @@ from pipeline.runs.storage import submitter_dir
 from pipeline.settings import ConfigError, labelled, load_config, storage_env
 
 log = logging.getLogger("pipeline.jobs")
-EXTRA_OVERRIDES = "PIPELINE_OVERRIDES"  # key=value ... applied after the command line's
+# PIPELINE_OVERRIDES_TRAIN (_TUNE, _DEMO, ...): key=value ... applied after the command line's
+EXTRA_OVERRIDES = "PIPELINE_OVERRIDES"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def parse(
         f"{k}={getattr(args, f)}" for f, k in flags.items() if getattr(args, f) is not None
     ]
     # after the command line's: the docs-command tests shrink long runs with it
-    extra = shlex.split(os.environ.get(EXTRA_OVERRIDES, ""))
+    job = kind.__name__.removesuffix("Config").removesuffix("Job").upper()
+    extra = shlex.split(os.environ.get(f"{EXTRA_OVERRIDES}_{job}", ""))
     try:
         cfg = load_config(kind, args.config, args.overrides + shorthand + extra)
     except ConfigError as e:

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 from pipeline.settings import Preprocess
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -26,7 +26,7 @@ def _free_port() -> int:
 # The suite's S3-protocol server (moto's, started by the `s3` fixture in this process), reached
 # the standard way: the AWS variables, set before Ray starts so its workers inherit them. Never
 # a real account: these replace whatever the environment had.
-S3_ENDPOINT = f"http://127.0.0.1:{_free_port()}"
+S3_ENDPOINT = f"http://127.0.0.1:{free_port()}"
 os.environ.update(
     AWS_ENDPOINT_URL=S3_ENDPOINT,
     AWS_ACCESS_KEY_ID="testing",

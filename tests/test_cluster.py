@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -139,10 +140,17 @@ def test_ray_job_submit_runs_featurize_on_a_loopback_cluster(ray_local, tmp_path
         assert "featurize: 20 images, 0 errors" in log
         (feature_set,) = FeatureSet.under(str(out))
         assert feature_set.count() == 20
+        _plain_submit_keeps_relative_paths(tmp_path, dashboard, env)
+        status = run("status")
+        assert re.search(r"raysubmit_\w+\s+SUCCEEDED\s+python -m jobs.featurize", status.stdout)
     finally:
+        began = time.monotonic()
         stopped = run("stop", timeout=120)
+        took = time.monotonic() - began
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert stopped.returncode == 0 and f"stopped pid {pid}" in stopped.stdout
+    assert stopped.returncode == 0 and stopped.stdout.splitlines()[-1] == "stopped"
+    assert f"stopping the node started by pid {pid}" in stopped.stdout
+    assert took < 15, f"stop took {took:.0f} s"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     leftovers = [
         p.info["pid"]
@@ -151,6 +159,40 @@ def test_ray_job_submit_runs_featurize_on_a_loopback_cluster(ray_local, tmp_path
     ]
     assert not leftovers, f"processes of the stopped cluster still run: {leftovers}"
     assert ray_local.get(ray_local.remote(lambda: 1).remote()) == 1  # ours was left alone
+
+
+def _plain_submit_keeps_relative_paths(tmp_path: Path, dashboard: int, env: dict) -> None:
+    """``ray job submit --working-dir .`` itself, relative paths in its arguments: the job
+    finds the checkout the project is installed from (its content is what was uploaded) and
+    reads and writes there, not in Ray's temporary copy."""
+    from pipeline.runs.storage import editable_origin
+
+    if editable_origin() != REPO:
+        return  # installed from another checkout: what was uploaded is not it
+    rel = Path("runs") / f"submit-test-{tmp_path.name}"
+    token = f"{env['STATE']}/auth_token"
+    try:
+        generate_shapes(REPO / rel / "data", per_class=2, size=32)
+        done = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}"]
+            + ["--working-dir", ".", "--", "python", "-m", "jobs.featurize"]
+            + ["--config", "jobs/configs/featurize_tiny.yaml", f"data.sources=[{rel / 'data'}]"]
+            + [f"featurize.out={rel / 'features'}"],
+            cwd=REPO,
+            env={
+                **env,
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": token,
+            },
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        (feature_set,) = FeatureSet.under(str(REPO / rel / "features"))
+        assert feature_set.count() == 10
+    finally:
+        shutil.rmtree(REPO / rel, ignore_errors=True)
 
 
 def _outward_ip() -> str:

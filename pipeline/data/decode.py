@@ -69,8 +69,9 @@ def open_image(
     source: str, max_pixels: int, data: bytes | Exception | None = None
 ) -> tuple[Image.Image, bytes]:
     """Read a file (unless its bytes, or why they could not be read, are given: a shard
-    member's, :func:`pipeline.data.shards.fetch`) and parse its header (not its pixels): the lazily
-    opened image and the bytes, or :class:`BadImage` saying why it is not a usable image."""
+    member's, as :class:`pipeline.data.shards.Reader` read them) and parse its header (not its
+    pixels): the lazily opened image and the bytes, or :class:`BadImage` saying why it is not a
+    usable image."""
     if data is None and split_member(source):  # one member alone: its shard read for it
         data = member_bytes(source)
     if isinstance(data, Exception):

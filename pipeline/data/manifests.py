@@ -5,7 +5,10 @@ Parquet manifest's row number), so the task that reads a unit seeks there. Nothi
 kept. Its content is its fingerprint: an image changed in place without a manifest change is
 not noticed (stat-ing millions of objects is not worth it).
 
-A CSV manifest has one row per line (a quoted newline inside a path is not supported).
+A CSV manifest has one row per line: a quoted newline inside a path, or a row with another
+number of fields than the header, is refused naming the line. A Parquet manifest is best
+written with row groups of about ``files_per_unit`` rows: a unit reads the row groups that
+hold its rows.
 
 Example:
 
@@ -76,9 +79,9 @@ class ManifestScan:
         at = {name: columns.index(name) for name in wanted}
         offset = start = len(header)
         rows = 0
-        for line in f:
+        for number, line in enumerate(f, 2):
             digest.update(line)
-            values = next(csv.reader([line.decode("utf-8")]), None)
+            values = self._values(line, number, len(columns))
             offset += len(line)
             if not values:
                 continue
@@ -91,6 +94,23 @@ class ManifestScan:
         if offset > start:
             self.unit("csv", start, offset)
         self.digest = digest.hexdigest()
+
+    def _values(self, line: bytes, number: int, width: int) -> list[str] | None:
+        """One line's fields; a quoted newline (a row over two lines) or a short row is an
+        error naming the line, never a silently wrong row."""
+        try:
+            values = next(csv.reader([line.decode("utf-8")], strict=True), None)
+        except csv.Error as e:
+            raise ValueError(
+                f"manifest {self.src.uri} line {number}: {e} (a manifest holds one row per "
+                "line: no newline inside a quoted path)"
+            ) from e
+        if values and len(values) != width:
+            raise ValueError(
+                f"manifest {self.src.uri} line {number}: {len(values)} fields, the header has "
+                f"{width}"
+            )
+        return values
 
     def parquet(self, f) -> None:
         """Hashed in chunks, then batch by batch (the path, label and split columns only), a

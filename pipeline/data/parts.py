@@ -119,7 +119,7 @@ def clear_unfinished(uri: str, keep: set[str]) -> int:
             continue
         for path in fs.ls(folder, detail=False):
             name = path.rsplit("/", 1)[-1]
-            unit = _unit_of(name)
+            unit = _unit_of(name, marker=folder.endswith(UNITS))
             if name.startswith(".tmp-") or name.endswith(".tmp") or (unit and unit not in keep):
                 doomed.append(path)
     for path in doomed:
@@ -127,11 +127,12 @@ def clear_unfinished(uri: str, keep: set[str]) -> int:
     return len(doomed)
 
 
-def _unit_of(name: str) -> str | None:
-    """The unit a part, error part or marker file belongs to (``None``: not one of those; a
-    part of an older layout belongs to no unit and is removed with the unfinished ones)."""
-    if name.endswith(".json"):
-        return name[: -len(".json")]
+def _unit_of(name: str, marker: bool = False) -> str | None:
+    """The unit a part, error part or (``marker``: a file of ``_units/``) marker belongs to
+    (``None``: not one of those; a part of an older layout belongs to no unit and is removed
+    with the unfinished ones)."""
+    if marker:
+        return name[: -len(".json")] if name.endswith(".json") else None
     found = PART.match(name)
     if found:
         return found.group(1)
@@ -157,14 +158,10 @@ def finalize(uri: str, manifest: dict, units: list[str], classes: list[str] | No
         classes = class_order({n for m in markers.values() for n in m.get("labels") or []})
     files = sorted((p for m in markers.values() for p in m["parts"]), key=lambda p: p["name"])
     for part in files:
-        _relabel(fs, f"{root}/{part['name']}", classes)
+        _check_and_relabel(fs, f"{root}/{part['name']}", part["rows"], classes)
     counts = _counts(markers.values(), classes)
     errors = _merge_errors(fs, root, classes)
     rows = sum(p["rows"] for p in files)
-    if rows != sum(m["rows"] for m in markers.values()):
-        raise FeatureSetError(
-            f"{uri}: the parts hold {rows} rows, the units' markers another count"
-        )
     manifest = dict(
         manifest,
         format=FORMAT,
@@ -204,10 +201,18 @@ def _counts(markers, classes: list[str]) -> dict[str, dict[str, int]]:
     return {split: dict(c) for split, c in total.items()}
 
 
-def _relabel(fs, path: str, classes: list[str]) -> None:
-    """A part whose labels index its own class names (found while reading): rewritten with the
+def _check_and_relabel(fs, path: str, rows: int, classes: list[str]) -> None:
+    """Refuse a part that does not hold the rows its marker counted (read from its footer);
+    rewrite a part whose labels index its own class names (found while reading) with the
     indexes of ``classes``, unless they are the same already."""
-    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    with fs.open(path, "rb") as f:
+        footer = pq.read_metadata(f)
+    if footer.num_rows != rows:
+        raise FeatureSetError(
+            f"{path} holds {footer.num_rows} rows, its unit's marker {rows}: it was changed "
+            "after its unit finished; remove the directory and run the job again"
+        )
+    metadata = footer.schema.to_arrow_schema().metadata or {}
     if LABEL_NAMES not in metadata:
         return
     local = json.loads(metadata[LABEL_NAMES])

@@ -67,8 +67,10 @@ class Unit:
 
     @property
     def digest(self) -> str:
-        """What names the unit's parts and completion marker: the same unit, the same name."""
-        text = f"{self.kind}|{self.uri}|{self.key}|{self.rows[0]}-{self.rows[1]}"
+        """What names the unit's parts and completion marker: the same unit, the same name (a
+        file group by every file it holds, so regrouping never matches an old marker)."""
+        files = "\n".join(key for key, _, _ in self.files)
+        text = f"{self.kind}|{self.uri}|{self.key}|{self.rows[0]}-{self.rows[1]}|{files}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:

@@ -43,6 +43,7 @@ from pipeline.data.decode import (
 from pipeline.data.plan import DataPlan, Unit, hash_split, item_id
 from pipeline.data.schema import (
     BYTES,
+    EMPTY_VIEW,
     ERROR,
     ID,
     IMAGE,
@@ -84,20 +85,27 @@ def decode_units(
     for unit in batch["unit"]:
         unit = Unit.from_json(unit) if isinstance(unit, str) else unit
         rows = _Rows(unit, preprocess, augment, gpu_jpeg)
-        reader, total = Reader(unit), 0
+        reader, total, seen = Reader(unit), 0, set()
         for member in reader.members():
-            split = member.split or unit.split or hash_split(member.key, plan.splits)
-            if not plan.reads(split):
-                continue  # a split this job leaves out: never decoded
+            split = member_split(plan, unit, member)
+            if not plan.reads(split) or member.source in seen:
+                continue  # a split this job leaves out, or a path listed twice: not again
+            seen.add(member.source)
             extra = views if split in augment.splits else 0
             rows.add(member, split, index, extra, reader, plan.max_pixels)
             if rows.count > block_rows:  # one row kept back: the unit's last block is never empty
                 total += rows.count - 1
                 yield rows.block(reader.bytes_read, keep=1)
-        if total + rows.count == 0:  # nothing to read at all: recorded, never silently empty
-            rows.add_error(Member(unit.key, unit.uri, None), unit.split, "no images in this unit")
+        if total + rows.count == 0:
+            rows.add_empty(reader.members_seen)
         total += rows.count
         yield rows.block(reader.bytes_read, last=total)
+
+
+def member_split(plan: DataPlan, unit: Unit, member: Member) -> str:
+    """A member's split: its source's (or its shard name's), else its manifest row's, else a
+    hash of its key (:mod:`pipeline.data.listing` counts manifests' splits the same way)."""
+    return unit.split or member.split or hash_split(member.key, plan.splits)
 
 
 def member_rows(plan: DataPlan, units: list[Unit], classes: list[str] | None = None):
@@ -107,7 +115,7 @@ def member_rows(plan: DataPlan, units: list[Unit], classes: list[str] | None = N
     index = None if classes is None else {name: i for i, name in enumerate(classes)}
     for unit in units:
         for member in Reader(unit).members():
-            split = member.split or unit.split or hash_split(member.key, plan.splits)
+            split = member_split(plan, unit, member)
             if plan.reads(split):
                 label = _label(member.label, index)
                 yield item_id(member.source), member.source, label, split, member
@@ -163,8 +171,17 @@ class _Rows:
             crop = augmented(image, self.preprocess.crop_size, self.augment, seed)
             self._row(member, split, label, view, "", crop)
 
-    def add_error(self, member: Member, split: str | None, reason: str) -> None:
-        self._row(member, split or "", UNLABELED, 0, reason, self.blank)
+    def add_empty(self, members: int) -> None:
+        """The one row of a unit with nothing to read in this pass: an error when the unit
+        holds no image at all (an empty shard is recorded, never silently empty), else a row
+        of :data:`EMPTY_VIEW` (its members are all in splits the pass leaves out)."""
+        member = Member(self.unit.key, self.unit.uri, None)
+        if members:
+            self._row(member, self.unit.split or "", UNLABELED, EMPTY_VIEW, "", self.blank)
+        else:
+            self._row(
+                member, self.unit.split or "", UNLABELED, 0, "no images in this unit", self.blank
+            )
 
     def _row(self, member, split, label, view, error, image, encoded=b"") -> None:
         values = (item_id(member.source), member.source, label, member.label or "", split, view)

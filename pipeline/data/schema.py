@@ -3,9 +3,11 @@ features, predictions and rejected inputs, and the conversions between NumPy bat
 
 A feature set is a directory::
 
-    part-<hash>.parquet   rows: id, source, label, split, view, one tensor column per frontier node
-    _errors.parquet       inputs that were rejected: id, source, label, split, reason
-    _manifest.json        written last; its presence means the set is complete
+    part-<unit>-<k>.parquet   rows: id, source, label, split, view, a tensor column per frontier
+                              node (a unit's rows in parts of at most part_rows rows)
+    _units/<unit>.json        a unit's completion marker: its parts, rows and counts
+    _errors.parquet           inputs that were rejected: id, source, label, split, reason
+    _manifest.json            written last; its presence means the set is complete
 
 Feature columns use Arrow's canonical ``fixed_shape_tensor`` extension type, so plain pyarrow,
 pandas or DuckDB read them without Ray and without unpickling anything.
@@ -54,6 +56,7 @@ UNIT_ROWS = "unit_rows"  # on a unit's last rows: how many rows the unit made (e
 READ_AT = "read_at"  # when the row's block was read (epoch seconds)
 READ_BYTES = "read_bytes"  # bytes the row's unit had read by then
 MODEL_DONE = "model_done"  # when the model actor finished the row's batch
+EMPTY_VIEW = -1  # the view of a row that only says its unit is done: none of it was read
 
 
 class FeatureSetError(ValueError):

@@ -63,7 +63,7 @@ class Reader:
     """Reads one unit's members in one pass, counting the bytes it reads from storage."""
 
     def __init__(self, unit: Unit):
-        self.unit, self.bytes_read = unit, 0
+        self.unit, self.bytes_read, self.members_seen = unit, 0, 0
 
     def members(self) -> Iterator[Member]:
         """The unit's members, in the order the read meets them."""
@@ -74,7 +74,9 @@ class Reader:
             "csv": self._csv,
             "table": self._table,
         }[self.unit.kind]
-        yield from read()
+        for member in read():
+            self.members_seen += 1
+            yield member
 
     def file_bytes(self, source: str) -> bytes:
         """A file's bytes, counted."""
@@ -109,7 +111,9 @@ class Reader:
                     sample["image" if ext in IMAGE_EXTENSIONS else ext] = data
                 if sample:
                     yield from self._sample(key, sample)
-        except (tarfile.TarError, EOFError, OSError) as e:
+        # a tar cut short; a storage error (OSError) is not one: it fails the task, which
+        # Ray retries, and the unit is done again rather than recorded as read
+        except (tarfile.TarError, EOFError) as e:
             if sample:
                 yield from self._sample(key, sample)
             reason = f"truncated tar shard: unreadable after {key or 'its start'} ({e})"
@@ -166,15 +170,20 @@ class Reader:
                 yield self._manifest_row(dict(zip(header, values)))
 
     def _table(self) -> Iterator[Member]:
-        """Rows ``rows[0]`` to ``rows[1]`` of a Parquet manifest."""
+        """Rows ``rows[0]`` to ``rows[1]`` of a Parquet manifest: the row groups that hold
+        them, their path, label and split columns only (a manifest written with row groups
+        of about ``files_per_unit`` rows is read once over; larger groups are read by each
+        unit they hold)."""
         unit, (start, stop) = self.unit, self.unit.rows
+        label = unit.fmt.label_column or "label"
         with fsspec.open(unit.uri, "rb") as raw:
             parquet = pq.ParquetFile(_Counting(raw, self))
+            columns = [c for c in ("path", label, "split") if c in parquet.schema_arrow.names]
             first = 0
             for group in range(parquet.num_row_groups):
                 size = parquet.metadata.row_group(group).num_rows
                 if first < stop and first + size > start:
-                    rows = parquet.read_row_group(group).to_pylist()
+                    rows = parquet.read_row_group(group, columns=columns).to_pylist()
                     for row in rows[max(0, start - first) : stop - first]:
                         yield self._manifest_row(row)
                 first += size

@@ -59,10 +59,9 @@ from pipeline.data.schema import (
     prediction_schema,
     to_table,
 )
+from pipeline.settings import PassConfig
 
 META = (ID, SOURCE, LABEL, SPLIT, VIEW)
-PART_ROWS = 100_000  # rows a part holds at most, and:
-PART_MIB = 128  # its data's size at most, in MiB (what object stores and Parquet readers like)
 
 
 @dataclass
@@ -100,8 +99,8 @@ class PartWriter:
         dtype: str = "float16",
         n_classes: int = 0,
         named: bool = False,
-        part_rows: int = PART_ROWS,
-        part_mib: float = PART_MIB,
+        part_rows: int = PassConfig.model_fields["part_rows"].default,
+        part_mib: float = PassConfig.model_fields["part_mib"].default,
     ):
         self.targets = [
             (uri, {k: tuple(v) for k, v in s.items()} if s else None) for uri, s in targets
@@ -109,10 +108,13 @@ class PartWriter:
         self.dtype, self.n_classes, self.named = dtype, n_classes, named
         self.part_rows, self.part_bytes = part_rows, int(part_mib * 2**20)
         self.units: dict[str, _Unit] = {}
+        self.finished: set[str] = set()  # a retried decode task's late rows reopen nothing
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         report = {"images": _per_model_batch(batch), "parts": [], "read": _reads(batch)}
         for digest in dict.fromkeys(batch[UNIT].tolist()):
+            if digest in self.finished:
+                continue
             rows = batch[UNIT] == digest
             unit = self.units.setdefault(digest, _Unit(digest))
             self._take(unit, {k: v[rows] for k, v in batch.items()})
@@ -123,6 +125,7 @@ class PartWriter:
                     report["parts"].append(self._write_part(unit))
                 self._finish(unit)
                 del self.units[digest]
+                self.finished.add(digest)
         return {"report": np.array([json.dumps(report)], dtype=object)}
 
     def _take(self, unit: _Unit, rows: dict[str, np.ndarray]) -> None:
@@ -133,6 +136,7 @@ class PartWriter:
         unit.total = max(unit.total, int(rows[UNIT_ROWS].max()))
         rows = {k: v[fresh] for k, v in rows.items()}
         unit.received += len(rows[ID])
+        rows = {k: v[rows[VIEW] >= 0] for k, v in rows.items()}  # EMPTY_VIEW: nothing to write
         ok = rows[ERROR] == ""
         if (~ok).any():
             unit.errors.append({k: rows[k][~ok] for k in (*META[:4], ERROR, LABEL_NAME)})

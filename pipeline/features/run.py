@@ -2,11 +2,10 @@
 
 One pass computes the frontier of every requested cut and writes one feature set per cut (see
 :mod:`pipeline.features.plan`). A feature set that already exists is a cache hit; an unfinished
-one is completed, reusing what was written. The model actor
+one is completed unit by unit, reusing the units it finished. The model actor
 (:class:`~pipeline.engine.actors.PrefixModel`) and the writer
-(:func:`~pipeline.data.writers.write_features`) are a callable class and a function, testable
-without Ray; :func:`featurize` runs them in the shared Ray Data pass
-(:mod:`pipeline.engine.dataflow`).
+(:class:`~pipeline.data.writers.PartWriter`) are callable classes, testable without Ray;
+:func:`featurize` runs them in the shared Ray Data pass (:mod:`pipeline.engine.dataflow`).
 
 Example (needs a running Ray):
 
@@ -76,7 +75,10 @@ class FeaturizeResult:
             return f"featurize: cache hit, nothing computed -> {uris}"
         steady = f"{self.steady_images_per_s:.1f} steady, " if self.steady_images_per_s else ""
         read, total = self.units
-        kept = f"; {total - read} of {total} units done before, kept" if read < total else ""
+        kept = ""
+        if read < total and self.feature_sets:  # resumed: what this run added to what it found
+            rows = self.feature_sets[0].manifest["rows"]
+            kept = f"; resumed: {read} of {total} units computed now, {rows} rows in all"
         line = (
             f"featurize: {self.images} images, {self.errors} errors, "
             f"{self.images_per_s:.1f} images/s ({steady}{self.engine}){kept} -> {uris}"
@@ -106,7 +108,8 @@ def featurize(
     for uri in result.cached:
         log.debug("cache hit: %s is complete; reusing it", uri)
     if pending:
-        finished = set.intersection(*(finished_units(t.uri) for t in pending))
+        planned = {u.digest for u in items.units}  # markers of another grouping: not these
+        finished = set.intersection(planned, *(finished_units(t.uri) for t in pending))
         todo = [u for u in items.units if u.digest not in finished]
         for t in pending:
             clear_unfinished(t.uri, keep=finished)

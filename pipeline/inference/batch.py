@@ -82,7 +82,7 @@ def predict(
             "another predict.out or remove it"
         )
     fs.makedirs(root, exist_ok=True)
-    finished = finished_units(cfg.out)
+    finished = finished_units(cfg.out) & {u.digest for u in items.units}
     clear_unfinished(cfg.out, keep=finished)
     todo = [u for u in items.units if u.digest not in finished]
     if todo:

@@ -235,7 +235,7 @@ def write_sweep_report(
             depth,
             "unfrozen",
             "best",
-            "top blocks unfrozen (-1: all)",
+            "top blocks unfrozen (-1: all; a cut by node name: see the table)",
             ylabel,
             f"each trial's best {metric}, by unfreeze depth",
         )

@@ -43,25 +43,36 @@ SUBMIT_DIR = "PIPELINE_SUBMIT_DIR"  # set by cluster/local.sh submit: the submit
 def submitter_dir() -> Path | None:
     """Where a job submitted with ``ray job submit --working-dir .`` was submitted from, when
     this machine has it: the job runs in Ray's temporary copy of the tree, where relative paths
-    would not mean what they mean to the user. ``$PIPELINE_SUBMIT_DIR`` when set, else the
-    checkout this project is installed from in editable mode (``pip install -e .``) when its
-    ``pyproject.toml`` is the copy's; ``None`` outside a submitted job or when neither is here
-    (a cluster elsewhere: give absolute paths or URIs)."""
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
-    if "working_dir" not in (job.get("runtime_env") or {}):
+    would not mean what they mean to the user. ``$PIPELINE_SUBMIT_DIR`` when set
+    (``cluster/local.sh submit`` sets it), else the checkout this project is installed from in
+    editable mode (``pip install -e .``) when its content is exactly what was uploaded (Ray's
+    own package hash of it is the working directory's name); ``None`` outside a submitted job
+    or when neither is here (a cluster elsewhere: give absolute paths or URIs)."""
+    runtime_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env")
+    uploaded = (runtime_env or {}).get("working_dir")
+    if not uploaded:
         return None
     given = os.environ.get(SUBMIT_DIR)
     if given:
         return Path(given) if Path(given).is_dir() else None
-    origin = _editable_origin()
-    mine = Path("pyproject.toml")
-    if origin is None or not (origin / "pyproject.toml").is_file() or not mine.is_file():
+    origin = editable_origin()
+    if origin is None or not origin.is_dir() or origin.resolve() == Path.cwd().resolve():
         return None
-    same = (origin / "pyproject.toml").read_bytes() == mine.read_bytes()
-    return origin if same and origin.resolve() != Path.cwd().resolve() else None
+    # Ray's own naming of an uploaded directory (a pinned Ray: this private helper is stable
+    # within the version pyproject allows)
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import get_uri_for_directory
+
+    excludes = ray_constants.get_runtime_env_default_excludes() + list(
+        runtime_env.get("excludes") or []
+    )
+    ours = get_uri_for_directory(str(origin), include_gitignore=True, excludes=excludes)
+    return origin if ours.rsplit("/", 1)[-1] == uploaded.rsplit("/", 1)[-1] else None
 
 
-def _editable_origin() -> Path | None:
+def editable_origin() -> Path | None:
+    """The checkout this project is installed from with ``pip install -e .`` (``None``: a
+    regular install)."""
     try:
         text = importlib.metadata.distribution("ray-transfer").read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:

@@ -67,9 +67,10 @@ class DataConfig(Settings):
     )
     listing: Literal["auto", "tasks", "local"] = Field(
         "auto",
-        description="where sources are listed: tasks (a Ray task per class folder or shard), "
-        "local (this process), auto (tasks for object stores and shards, local for folders "
-        "on a mounted disk, where a scan beats starting tasks: jobs.benchmark listing)",
+        description="where a folder's class folders are listed: tasks (a Ray task each), "
+        "local (this process), auto (tasks on object stores, local on a mounted disk, where "
+        "a scan beats starting tasks: jobs.benchmark listing); shards and manifests are "
+        "planned in this process, which lists shards without reading them",
     )
 
     @field_validator("sources", mode="before")

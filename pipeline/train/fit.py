@@ -226,10 +226,11 @@ def _fit_on(
     skipped: tuple[str, list[dict]] | None = None,
 ) -> FitResult:
     saved = saved or net.saved()  # once: the run's name and the workers' copy
-    name = cfg.name or run_name(saved, identity, cfg)
+    settings = run_name(saved, identity, cfg)  # names the network, data and settings
+    name = cfg.name or settings
     storage = absolute_uri(cfg.storage)
     run_dir = f"{storage.rstrip('/')}/{name}"
-    finished = _finished(net, run_dir, classes)
+    finished = _finished(net, run_dir, classes, settings)
     if finished is not None:
         log.info(finished.summary())
         return finished
@@ -277,18 +278,23 @@ def _fit_on(
     net.save(out.model)
     mark_latest(storage, name)
     with fsspec.open(f"{run_dir}/{RESULT}", "w") as f:  # last: the run is finished
-        json.dump(out.to_json(), f, indent=1)
+        json.dump(dict(out.to_json(), settings=settings), f, indent=1)
     log.info(out.summary())
     return out
 
 
-def _finished(net: TransferNet, run_dir: str, classes: list[str]) -> FitResult | None:
-    """A finished run's result, its model's weights copied into ``net``; ``None`` when the
-    run is not finished (new, or interrupted: Ray Train resumes it)."""
+def _finished(
+    net: TransferNet, run_dir: str, classes: list[str], settings: str
+) -> FitResult | None:
+    """A run finished with these ``settings``: its result, its model's weights copied into
+    ``net``. ``None`` when it is not (new, interrupted, or named by ``train.name`` and run
+    with other settings since: Ray Train resumes it)."""
     fs, path = current_fs(f"{run_dir}/{RESULT}")
     if not fs.exists(path):
         return None
     data = json.loads(fs.cat_file(path))
+    if data.pop("settings", None) != settings:
+        return None
     net.load_state_dict(load(data["model"]).state_dict())
     net.spec["classes"] = classes
     evaluation = data.pop("evaluation")

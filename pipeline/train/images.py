@@ -192,13 +192,18 @@ class StreamedImages(_Crops):
     ):
         super().__init__(plan, net, preprocess, augment, device, engine, threads, cache)
         rank, world = shard
-        units = sorted(plan.units, key=lambda u: u.digest)
+        # shards whose name or source gives another split hold nothing of this one: left out
+        # before dealing, or a rank could get none of the split and wait on the others
+        units = sorted((u for u in plan.units if u.split in (None, split)), key=lambda u: u.digest)
         if len(units) >= world:
             self.units, self.keep = units[rank::world], None
         else:
             self.units, self.keep = units, (rank, world)
         self.split, self.buffer_rows, self.seed = split, buffer_rows, seed
         self.rows = sum(1 for _ in self._members(self.units))  # one read, nothing decoded
+        if not self.rows and self.keep is None and world > 1:  # its shards hold none of the
+            self.units, self.keep = units, (rank, world)  # split: every world-th of them all
+            self.rows = sum(1 for _ in self._members(self.units))
 
     def __len__(self) -> int:
         return self.rows

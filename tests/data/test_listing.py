@@ -109,3 +109,22 @@ def test_data_fingerprint_changes_with_the_files(tmp_path):
     assert plan_data(cfg).fingerprint == first
     (tmp_path / "circle" / "circle_0000.png").write_bytes(b"changed")
     assert plan_data(cfg).fingerprint != first
+
+
+def test_a_manifest_row_over_two_lines_or_short_of_fields_is_refused_naming_the_line(tmp_path):
+    (tmp_path / "quoted.csv").write_text('path,label\na.png,cat\n"b\nc.png",dog\n')
+    with pytest.raises(ValueError, match="line 3: .*no newline inside a quoted path"):
+        plan_data(DataConfig(sources=[str(tmp_path / "quoted.csv")]))
+    (tmp_path / "short.csv").write_text("path,label,split\na.png,cat\n")
+    with pytest.raises(ValueError, match="line 2: 2 fields, the header has 3"):
+        plan_data(DataConfig(sources=[str(tmp_path / "short.csv")]))
+
+
+def test_a_manifests_split_comes_from_its_source_first_then_its_rows(tmp_path):
+    classes = generate_shapes(tmp_path / "images", per_class=2, size=32)
+    rows = [f"images/{c}/{c}_000{i}.png,{c},val" for c in classes for i in range(2)]
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    by_rows = plan_data(DataConfig(sources=[str(tmp_path / "m.csv")]))
+    assert by_rows.counts == {"val": 10} and set(plan_rows(by_rows)["split"]) == {"val"}
+    fixed = plan_data(DataConfig(sources=[{"uri": str(tmp_path / "m.csv"), "split": "train"}]))
+    assert fixed.counts == {"train": 10} and set(plan_rows(fixed)["split"]) == {"train"}

@@ -8,8 +8,9 @@ A block is one fenced ``bash`` block, or one config's header commands; they run 
 describe it. Jobs join this session's Ray (``RAY_ADDRESS``) instead of starting their own,
 except on the local cluster the cluster page starts. A block preceded by
 ``<!-- docs-commands: skip (reason) -->`` is not run (it needs what the suite cannot have: a
-cloud, Docker); the README's test command is CI's own and is left out of its block. The demos run on fewer images and epochs
-(``PIPELINE_OVERRIDES``, applied after the command line's).
+cloud, Docker); the README's test command is CI's own and is left out of its block. Trainings,
+sweeps and demos run fewer epochs and trials (``PIPELINE_OVERRIDES_<JOB>``, applied after the
+command line's).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, _free_port
+from conftest import REPO, SHARED, free_port
+from pipeline.data.featureset import FeatureSet
 from pipeline.data.shapes import generate_shapes
 
 FILES = [
@@ -40,7 +42,11 @@ FILES = [
 ]
 SKIP = re.compile(r"<!-- docs-commands: skip \((.+?)\) -->\s*$")
 CI_COMMAND = '.venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m pytest'
-DEMO = "images_per_class=8 train.epochs=2 sweep.space.epochs=2 sweep.compare.epochs=1"
+SHRINK = {  # PIPELINE_OVERRIDES_<JOB>: fewer epochs and trials, after the command line's
+    "DEMO": "images_per_class=8 train.epochs=2 sweep.space.epochs=2 sweep.compare.epochs=1",
+    "TRAIN": "train.epochs=2",
+    "TUNE": "sweep.num_samples=1 sweep.space.epochs=2 sweep.compare.epochs=1",
+}
 
 
 @dataclass(frozen=True)
@@ -171,18 +177,17 @@ def _env(project: Path, block: Block, ray_local) -> dict:
     env["PATH"] = f"{project / '.venv' / 'bin'}:{env['PATH']}"
     env["VIRTUAL_ENV"] = str(project / ".venv")
     env.pop("PYTHONPATH", None)
-    if "jobs.demo" in block.text:
-        env["PIPELINE_OVERRIDES"] = DEMO
+    env.update({f"PIPELINE_OVERRIDES_{job}": values for job, values in SHRINK.items()})
     if "cluster/local.sh" in block.text:  # a cluster of its own, on ports nothing else uses
         env.pop("RAY_ADDRESS", None)
         env.update(
             STATE=str(project / ".cluster"),
             RAY_TMP=tempfile.mkdtemp(prefix="rd", dir="/tmp"),  # Ray's socket paths: short
             NUM_CPUS="2",
-            RAY_PORT=str(_free_port()),
-            DASHBOARD_PORT=str(_free_port()),
-            CLIENT_PORT=str(_free_port()),
-            AGENT_PORT=str(_free_port()),
+            RAY_PORT=str(free_port()),
+            DASHBOARD_PORT=str(free_port()),
+            CLIENT_PORT=str(free_port()),
+            AGENT_PORT=str(free_port()),
         )
     else:
         env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address
@@ -208,6 +213,22 @@ def test_the_command_runs_as_printed(block, project, ray_local):
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{block}:\n{block.text}\n{output[-4000:]}"
     assert "Traceback" not in output, output[-4000:]
+    for command, check in CHECKS.items():
+        if command in block.text:
+            check(project, output)
+
+
+def _submitted_where_run_locally(project: Path, output: str) -> None:
+    """A submitted job's relative paths meant the copy's files, not Ray's temporary tree."""
+    assert output.count("succeeded") >= 2, output[-3000:]
+    assert f"-> {project}/runs/tiny/features/" in output, output[-3000:]
+    assert FeatureSet.under(str(project / "runs" / "tiny" / "features"))
+    assert f"fit: model {project}/runs/train/" in output, output[-3000:]
+    assert re.search(r"raysubmit_\w+\s+SUCCEEDED\s+python -m jobs.train", output), output[-3000:]
+    assert "stopped" in output
+
+
+CHECKS = {"cluster/local.sh submit train": _submitted_where_run_locally}
 
 
 def _configs_text(text: str) -> str:

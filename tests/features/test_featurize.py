@@ -301,6 +301,8 @@ def test_removing_a_worker_node_mid_run_loses_and_doubles_nothing(tmp_path):
         assert job.returncode == 0, output
     finally:
         cluster.shutdown()
+    # the job checked that each of the three nodes sees its data and output, and cleaned up
+    assert not list((tmp_path / "out").glob(".visible-*"))
     (fs,) = FeatureSet.under(str(tmp_path / "out"))
     table = fs.table()
     assert table.num_rows == 300 == len(set(table.column("id").to_pylist()))

@@ -13,6 +13,7 @@ import s3fs
 
 from conftest import REPO, S3_ENDPOINT, write_tars
 from pipeline.data.featureset import FeatureSet
+from pipeline.data.schema import MANIFEST
 from pipeline.data.shapes import generate_shapes
 from pipeline.inference.batch import read_predictions
 from pipeline.runs.storage import resolve_latest
@@ -143,11 +144,14 @@ def test_a_killed_featurize_of_s3_shards_reruns_to_every_member_once(s3, tmp_pat
     job.wait()
     bucket.invalidate_cache()
     assert bucket.glob(f"{s3}/features/*/_units/*.json"), job.stdout.read()
-    assert not bucket.glob(f"{s3}/features/*/manifest.json"), (
+    assert not bucket.glob(f"{s3}/features/*/{MANIFEST}"), (
         "the job finished before it could be killed; give it more images"
     )
     lines = _job("featurize", *args)
-    assert lines[-1].startswith("featurize: ") and " of 15 units done before, kept" in lines[-1]
+    assert (
+        lines[-1].startswith("featurize: ")
+        and " of 15 units computed now, 300 rows in all" in (lines[-1])
+    )
     ids = _ids(f"{s3}/features")
     assert len(ids) == 300 == len(set(ids))
 
