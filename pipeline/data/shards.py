@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.plan import ShardFormat, Unit, label_name
@@ -133,28 +134,35 @@ class Reader:
 
     def _parquet(self) -> Iterator[Member]:
         """Row group by row group, the image and label columns only. A member's name is its row
-        number (``17``, or ``17@column`` for another image column than ``image``)."""
-        unit, fmt = self.unit, self.unit.fmt
-        column, suffix = fmt.label_column or "label", ""
-        if fmt.image_column != "image":
-            suffix = f"@{fmt.image_column}"
+        number (``17``, or ``17@column`` for another image column than ``image``). A shard
+        pyarrow cannot read (corrupt, cut short) ends with one member saying so, like a tar."""
+        unit = self.unit
         with fsspec.open(unit.uri, "rb") as raw:
-            parquet = pq.ParquetFile(_Counting(raw, self))
-            names = parquet.schema_arrow.names
-            columns = [fmt.image_column] + ([column] if column in names else [])
-            row = 0
-            for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=columns).to_pydict()
-                labels = table.get(column) or [None] * len(table[fmt.image_column])
-                for image, value in zip(table[fmt.image_column], labels):
-                    name = f"{row}{suffix}"
-                    data = _image_bytes(image)
-                    try:
-                        label = label_name(value, fmt.label_names)
-                    except ValueError as e:
-                        label, data = None, e
-                    yield Member(f"{unit.key}#{name}", f"{unit.uri}#{name}", label, None, data)
-                    row += 1
+            try:
+                yield from self._row_groups(pq.ParquetFile(_Counting(raw, self)))
+            except pa.ArrowInvalid as e:
+                reason = OSError(f"unreadable Parquet shard: {e}")
+                yield Member(
+                    f"{unit.key}#{TRUNCATED}", f"{unit.uri}#{TRUNCATED}", None, None, reason
+                )
+
+    def _row_groups(self, parquet: pq.ParquetFile) -> Iterator[Member]:
+        unit, fmt, row = self.unit, self.unit.fmt, 0
+        column = fmt.label_column or "label"
+        suffix = f"@{fmt.image_column}" if fmt.image_column != "image" else ""
+        columns = [fmt.image_column] + ([column] if column in parquet.schema_arrow.names else [])
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=columns).to_pydict()
+            labels = table.get(column) or [None] * len(table[fmt.image_column])
+            for image, value in zip(table[fmt.image_column], labels):
+                name = f"{row}{suffix}"
+                data = _image_bytes(image)
+                try:
+                    label = label_name(value, fmt.label_names)
+                except ValueError as e:
+                    label, data = None, e
+                yield Member(f"{unit.key}#{name}", f"{unit.uri}#{name}", label, None, data)
+                row += 1
 
     def _csv(self) -> Iterator[Member]:
         """The lines from byte ``rows[0]`` to ``rows[1]`` of a CSV manifest, paths relative to

@@ -13,7 +13,9 @@ from fsspec.implementations.local import LocalFileSystem
 from conftest import make_tiny_net, write_tars
 from pipeline.data.featureset import FeatureSet
 from pipeline.data.listing import plan_data
+from pipeline.data.plan import Unit
 from pipeline.data.shapes import generate_shapes
+from pipeline.data.shards import TRUNCATED, Reader
 from pipeline.features.run import featurize
 from pipeline.settings import DataConfig, FeaturizeConfig
 
@@ -114,3 +116,15 @@ def test_parts_are_sized_by_rows_and_name_the_shard_they_cover(shapes, tmp_path,
     assert sum(rows.values()) == 30 and FeatureSet.open(fs.uri).manifest["rows"] == 30
     by_unit = {p.rsplit("/", 1)[1].split("-")[1] for p in parts}
     assert by_unit == {u.digest for u in plan.units}
+
+
+def test_a_parquet_shard_cut_short_is_recorded_like_a_tar(shapes, tmp_path):
+    files = sorted((shapes / "folder").rglob("*.png"))[:10]
+    table = pa.table({"image": [{"bytes": f.read_bytes()} for f in files], "label": [0] * 10})
+    pq.write_table(table, tmp_path / "whole.parquet")
+    whole = (tmp_path / "whole.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    (member,) = Reader(Unit("cut.parquet", "parquet", str(tmp_path / "cut.parquet"))).members()
+    assert member.source.endswith(f"#{TRUNCATED}") and "unreadable Parquet shard" in str(
+        member.data
+    )
