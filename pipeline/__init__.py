@@ -58,6 +58,7 @@ EXPORTS = {
     "plan_data": "pipeline.data.listing",
     "DataPlan": "pipeline.data.plan",
     "generate_shapes": "pipeline.data.shapes",
+    "generate_shards": "pipeline.data.shapes",
     "FeatureSet": "pipeline.data.featureset",
     # stages
     "featurize": "pipeline.features.run",

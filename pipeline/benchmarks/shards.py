@@ -9,29 +9,23 @@ had read from storage when that part was written.
 
 Example:
 
-    >>> from pipeline.benchmarks.shards import shards_line, write_shards
-    >>> write_shards(tmp / "wds", 2500, per_shard=1000)
-    3
+    >>> from pipeline.benchmarks.shards import shards_line
     >>> shards_line({"peak_mib": 500, "first_part_s": 9.0}, {"peak_mib": 520, "first_part_s": 9.5})
     'shards: driver peak RSS grows 1.04x, first part after 9.5 s vs 9.0 s, for 100x the images'
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
-from pipeline.data.shapes import SHAPES, generate_shapes
+from pipeline.data.shapes import SHAPES, generate_shards
 from pipeline.engine.dataflow import decode_tasks
 from pipeline.settings import FeaturizeConfig
 
@@ -40,44 +34,6 @@ PER_SHARD = 1000
 SIZE = 16
 # the driver's debug line (pipeline.features.run) the bytes are read from
 READ_LINE = re.compile(r"first part after ([\d.]+|-) s of the pass, (\d+) bytes read before it")
-
-
-def _encoded(root: Path, size: int) -> list[tuple[bytes, int]]:
-    """A few distinct PNGs per class ((bytes, class index)): members repeat them."""
-    generate_shapes(root, per_class=4, size=size)
-    images = []
-    for index, name in enumerate(sorted(SHAPES)):
-        for path in sorted((root / name).glob("*.png")):
-            buffer = io.BytesIO()
-            Image.open(path).save(buffer, "PNG")
-            images.append((buffer.getvalue(), index))
-    return images
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shards(root: Path, n: int, per_shard: int = PER_SHARD, size: int = SIZE) -> int:
-    """``n`` images as ``shard-NNNNNN.tar`` files of ``per_shard`` samples (``<key>.png`` and
-    ``<key>.cls``, a class index) under ``root``, kept between runs (a ``.complete`` marker);
-    returns the number of shards."""
-    shards = -(-n // per_shard)
-    marker = root / ".complete"
-    if marker.exists() and marker.read_text() == f"{n} {per_shard} {size}":
-        return shards
-    root.mkdir(parents=True, exist_ok=True)
-    images = _encoded(root / ".originals", size)
-    for s in range(shards):
-        with tarfile.open(root / f"shard-{s:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
-                data, label = images[i % len(images)]
-                _add(tar, f"{i:09d}.png", data)
-                _add(tar, f"{i:09d}.cls", str(label).encode())
-    marker.write_text(f"{n} {per_shard} {size}")
-    return shards
 
 
 def _peak_mib(pid: int) -> float | None:
@@ -91,7 +47,7 @@ def _peak_mib(pid: int) -> float | None:
 def one_job(out: Path, n: int) -> dict:
     """Featurize ``n`` images in shards with tiny:cnn (a fresh job); its figures."""
     data, features = out / f"shards-{n}" / "data", out / f"shards-{n}" / "features"
-    shard_count = write_shards(data, n)
+    shard_count = generate_shards(data, n, PER_SHARD, SIZE)
     os.sync()  # the shards just written are flushed before the clock starts, not during the job
     for old in features.glob("*/"):  # a cache hit would measure nothing
         if old.name != "logs":

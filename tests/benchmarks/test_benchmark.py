@@ -7,7 +7,7 @@ import re
 import pytest
 import ray
 
-from pipeline.benchmarks import featurize, fit, listing, scale
+from pipeline.benchmarks import featurize, fit, listing, scale, shards
 
 pytestmark = pytest.mark.slow
 PEER_LINE = r"peer: .+ \d+\.\d images/s; the pipeline is \d+\.\d\dx"
@@ -89,3 +89,28 @@ def test_scale_benchmark_runs_both_sizes_on_three_nodes_with_streaming_workers(t
         assert run["streamed"]  # 256 KiB of budget: both sizes' shards streamed
     last = caplog.records[-1].getMessage()
     assert last.startswith("scale: peak RSS grows ") and last.endswith("x for 10x the images")
+
+
+@pytest.mark.timeout(600)
+def test_shards_benchmark_runs_two_fresh_jobs_and_reads_little_before_the_first_part(
+    tmp_path, caplog
+):
+    with caplog.at_level(logging.INFO, logger="pipeline.benchmarks"):
+        figures = shards.shards_benchmark(tmp_path, images=1000, factor=3)
+    small, large = figures["small"], figures["large"]
+    assert (small["images"], small["shards"], large["images"], large["shards"]) == (
+        1000,
+        1,
+        3000,
+        3,
+    )
+    for run in (small, large):
+        assert run["peak_mib"] > 0 and 0 < run["first_part_s"] <= run["seconds"]
+        # the bytes come from the job's own log line; a part needs its shard read first
+        assert 0 < run["bytes_before_first_part"] <= run["shards"] * run["shard_bytes"]
+    last = caplog.records[-1].getMessage()
+    assert re.fullmatch(
+        r"shards: driver peak RSS grows \d+\.\d\dx, first part after \d+\.\d s vs \d+\.\d s,"
+        r" for 3x the images",
+        last,
+    )

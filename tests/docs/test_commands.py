@@ -37,6 +37,7 @@ FILES = [
     "docs/demo.md",
     "docs/train.md",
     "docs/sweeps.md",
+    "docs/data-at-scale.md",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "jobs" / "configs").glob("*.yaml")),
     "docs/cluster.md",
 ]
@@ -158,6 +159,13 @@ def _venv(project: Path) -> None:
     site = next((project / ".venv" / "lib").glob("python3*/site-packages"))
     ours = [p for p in sys.path if p.endswith("site-packages")]
     (site / "parent.pth").write_text("\n".join(ours) + "\n")
+    # the console script pip would have put beside it (cluster/local.sh runs `ray`)
+    ray = project / ".venv" / "bin" / "ray"
+    ray.write_text(
+        f"#!{project / '.venv' / 'bin' / 'python'}\n"
+        "import sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n"
+    )
+    ray.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +236,18 @@ def _submitted_where_run_locally(project: Path, output: str) -> None:
     assert "stopped" in output
 
 
-CHECKS = {"cluster/local.sh submit train": _submitted_where_run_locally}
+def _every_shard_once(project: Path, output: str) -> None:
+    """Ten shards, ten finished units, every generated image featurized once."""
+    assert "10" in [line.strip() for line in output.splitlines()], output[-3000:]  # `wc -l`
+    (found,) = FeatureSet.under(str(project / "runs" / "wds-features"))
+    ids = found.table(columns=["id"]).column("id")
+    assert len(ids) == len(set(ids.to_pylist())) == 5000
+
+
+CHECKS = {
+    "cluster/local.sh submit train": _submitted_where_run_locally,
+    "generate_shards('runs/wds'": _every_shard_once,
+}
 
 
 def _configs_text(text: str) -> str:
