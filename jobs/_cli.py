@@ -102,7 +102,10 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
             visibility.check_visible(cfg)  # a cluster of several machines: shared paths only
         except ConfigError as e:
             _refuse(e, opts)
-    result = function.get()(cfg) if net is None else function.get()(cfg, net)
+    try:
+        result = function.get()(cfg) if net is None else function.get()(cfg, net)
+    except ConfigError as e:  # found only when the flow met it (a named run's settings)
+        _refuse(e, opts)
     # The collector's last pass over torch's and Ray's objects at exit takes ~1 s (measured:
     # `import torchvision` exits in 1.2 s, frozen in 0.2 s); the process ends right after this.
     gc.freeze()
@@ -111,7 +114,8 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
 
 def _refuse(error: ConfigError, opts: Options) -> NoReturn:
     """A config that cannot work: one line and exit status 2 (argparse's for bad usage), before
-    anything started; ``-v`` shows the traceback instead."""
+    any work started (or, for a named run's settings, before any training); ``-v`` shows the
+    traceback instead."""
     if opts.verbose:
         raise error
     print(f"error: {error}", file=sys.stderr)

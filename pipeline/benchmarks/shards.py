@@ -109,12 +109,12 @@ def one_job(out: Path, n: int) -> dict:
     return figures
 
 
-def shards_line(small: dict, large: dict) -> str:
+def shards_line(small: dict, large: dict, factor: int = 100) -> str:
     """The line scripts read (A: the larger run's first part, B: the smaller's)."""
     return (
         f"shards: driver peak RSS grows {large['peak_mib'] / small['peak_mib']:.2f}x, first "
-        f"part after {large['first_part_s']:.1f} s vs {small['first_part_s']:.1f} s, for 100x "
-        "the images"
+        f"part after {large['first_part_s']:.1f} s vs {small['first_part_s']:.1f} s, for "
+        f"{factor}x the images"
     )
 
 
@@ -122,8 +122,5 @@ def shards_benchmark(out: Path, images: int, factor: int = 100) -> dict:
     """Run :func:`one_job` at ``images`` and ``images * factor``."""
     small = one_job(out, images)
     large = one_job(out, images * factor)
-    line = shards_line(small, large)
-    if factor != 100:
-        line = line.replace("100x", f"{factor}x")
-    log.info(line)
+    log.info(shards_line(small, large, factor))
     return {"small": small, "large": large}

@@ -46,6 +46,8 @@ from pipeline.settings import DataConfig, SourceConfig
 
 SHARD_SUFFIXES = {".parquet": "parquet", ".tar": "webdataset"}
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+# a shard or manifest source's settings that change its rows' splits or labels
+READ_OPTIONS = {"split", "image_column", "label_column", "label_names"}
 
 
 @dataclass
@@ -81,7 +83,7 @@ def plan_data(cfg: DataConfig) -> DataPlan:
     return DataPlan(
         units,
         classes,
-        _fingerprint(listed, classes),
+        _fingerprint(listed, classes, cfg),
         cfg.splits,
         cfg.max_image_pixels,
         counts=counts,
@@ -95,17 +97,21 @@ def _summed(counters: list[Counter | None]) -> dict[str, int] | None:
     return dict(sum(counters, Counter()))
 
 
-def _fingerprint(listed: list[Listed], classes: list[str] | None) -> str:
+def _fingerprint(listed: list[Listed], classes: list[str] | None, cfg: DataConfig) -> str:
     """sha256 of the classes and every source's stamps. Folders alone keep the fingerprint
     they have always had (every file's URI, class and split, and stamps), so their feature
     sets made before stay cache hits; shards and manifests are fingerprinted by their stamps
-    (sizes and modification times; a manifest's content)."""
+    (sizes and modification times; a manifest's content) and by what decides their rows'
+    splits and labels when they are read: the split ratios and each source's split, columns
+    and class names (in their order: an index means the name at that place)."""
     digest = hashlib.sha256()
     if all(one.rows is not None for one in listed):
         rows = sorted(r for one in listed for r in one.rows)
         content = [classes, rows, [one.stamps for one in listed]]
     else:
-        content = ["units-1", classes, [one.stamps for one in listed]]
+        reading = [src.model_dump(include=READ_OPTIONS, mode="json") for src in cfg.sources]
+        stamps = [one.stamps for one in listed]
+        content = ["units-2", classes, dict(cfg.splits), reading, stamps]
     for chunk in json.JSONEncoder().iterencode(content):  # no giant string
         digest.update(chunk.encode())
     return digest.hexdigest()

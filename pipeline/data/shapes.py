@@ -9,7 +9,7 @@ Example:
     >>> from pipeline.data.shapes import generate_shapes
     >>> generate_shapes("/tmp/shapes-doc", per_class=2, size=32)
     ['circle', 'cross', 'square', 'stripes', 'triangle']
-    >>> generate_shards("/tmp/shards-doc", 2500, per_shard=1000)
+    >>> generate_shards("/tmp/shards-doc", 25, per_shard=10)
     3
 """
 
@@ -57,6 +57,9 @@ def generate_shards(root: str | Path, n: int, per_shard: int = 1000, size: int =
     if marker.exists() and marker.read_text() == f"{n} {per_shard} {size}":
         return shards
     root.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)  # an interrupted rewrite is never taken for a finished one
+    for old in root.glob("shard-*.tar"):  # a larger set's shards would still be read
+        old.unlink()
     rng = random.Random(0)
     drawings = [
         (_encoded_png(_draw(name, size, rng)), i) for i, name in enumerate(SHAPES) for _ in "1234"

@@ -138,9 +138,14 @@ class Reader:
         pyarrow cannot read (corrupt, cut short) ends with one member saying so, like a tar."""
         unit = self.unit
         with fsspec.open(unit.uri, "rb") as raw:
+            counting = _Counting(raw, self)
             try:
-                yield from self._row_groups(pq.ParquetFile(_Counting(raw, self)))
-            except pa.ArrowInvalid as e:
+                yield from self._row_groups(pq.ParquetFile(counting))
+            # pyarrow says ArrowInvalid for a missing footer and OSError for bad pages; an
+            # OSError from storage itself fails the task instead (Ray retries it)
+            except (pa.ArrowInvalid, OSError) as e:
+                if counting.failed is not None:
+                    raise
                 reason = OSError(f"unreadable Parquet shard: {e}")
                 yield Member(
                     f"{unit.key}#{TRUNCATED}", f"{unit.uri}#{TRUNCATED}", None, None, reason
@@ -150,6 +155,12 @@ class Reader:
         unit, fmt, row = self.unit, self.unit.fmt, 0
         column = fmt.label_column or "label"
         suffix = f"@{fmt.image_column}" if fmt.image_column != "image" else ""
+        if fmt.image_column not in parquet.schema_arrow.names:  # planning read one footer
+            raise ValueError(
+                f"{unit.uri} has no image column {fmt.image_column!r} (columns: "
+                f"{parquet.schema_arrow.names}); set the source's image_column, or move the "
+                "shard out of the source"
+            )
         columns = [fmt.image_column] + ([column] if column in parquet.schema_arrow.names else [])
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=columns).to_pydict()
@@ -216,6 +227,14 @@ class _Counting(io.RawIOBase):
 
     def __init__(self, raw, reader: Reader):
         self.raw, self.reader = raw, reader
+        self.failed: Exception | None = None  # an error from storage, not from the bytes
+
+    def _storage(self, call, *args):
+        try:
+            return call(*args)
+        except Exception as e:
+            self.failed = e
+            raise
 
     def readable(self) -> bool:
         return True
@@ -224,18 +243,18 @@ class _Counting(io.RawIOBase):
         return self.raw.seekable()
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
+        return self._storage(self.raw.seek, offset, whence)
 
     def tell(self) -> int:
         return self.raw.tell()
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
+        data = self._storage(self.raw.read, size)
         self.reader.bytes_read += len(data)
         return data
 
     def readline(self, size: int = -1) -> bytes:
-        data = self.raw.readline(size)
+        data = self._storage(self.raw.readline, size)
         self.reader.bytes_read += len(data)
         return data
 

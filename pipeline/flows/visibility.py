@@ -29,10 +29,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.runs.storage import is_local
 from pipeline.settings import ConfigError
 
-# (field, attribute path, written by the job)
+# (field, attribute path, written by the job); model.weights and model.start_from are not
+# here: the driver reads them and ships the network to the workers
 FIELDS = (
-    ("model.weights", ("model", "weights"), False),
-    ("model.start_from", ("model", "start_from"), False),
     ("model", ("model",), False),  # jobs.predict: the exported network
     ("data", ("data",), False),  # jobs.demo: a folder of images
     ("featurize.out", ("featurize", "out"), True),

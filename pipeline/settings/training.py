@@ -23,8 +23,8 @@ class TrainConfig(Settings):
 
     name: str | None = Field(
         None,
-        description="run name; re-running the same name resumes the "
-        "run. Default: <label>-<hash of the net, data and config>",
+        description="run name; re-running the same name resumes the run (one that finished "
+        "with other settings is refused). Default: <label>-<hash of the net, data and config>",
     )
     label: str | None = Field(
         None,

@@ -39,7 +39,7 @@ from pipeline.net.saving import load
 from pipeline.runs import report
 from pipeline.runs.logs import Progress
 from pipeline.runs.storage import absolute_uri, current_fs, default_name, mark_latest
-from pipeline.settings import Preprocess, TrainConfig
+from pipeline.settings import ConfigError, Preprocess, TrainConfig
 from pipeline.train.checkpoints import copy_back, read_checkpoint
 from pipeline.train.data import FeatureInput, ImageInput
 from pipeline.train.loop import WorkerSpec, epoch_line, train_worker
@@ -230,8 +230,9 @@ def _fit_on(
     name = cfg.name or settings
     storage = absolute_uri(cfg.storage)
     run_dir = f"{storage.rstrip('/')}/{name}"
-    finished = _finished(net, run_dir, classes, settings)
+    finished = _finished(net, run_dir, classes, settings, named=cfg.name is not None)
     if finished is not None:
+        mark_latest(storage, name)  # `latest` is the run this command stands for
         log.info(finished.summary())
         return finished
     start = time.perf_counter()
@@ -284,16 +285,23 @@ def _fit_on(
 
 
 def _finished(
-    net: TransferNet, run_dir: str, classes: list[str], settings: str
+    net: TransferNet, run_dir: str, classes: list[str], settings: str, named: bool
 ) -> FitResult | None:
     """A run finished with these ``settings``: its result, its model's weights copied into
-    ``net``. ``None`` when it is not (new, interrupted, or named by ``train.name`` and run
-    with other settings since: Ray Train resumes it)."""
+    ``net``. ``None`` when it is not (new or interrupted: Ray Train resumes it). A run named
+    by ``train.name`` that finished with other settings is refused: resuming it would train
+    nothing and export its old weights as these settings' result."""
     fs, path = current_fs(f"{run_dir}/{RESULT}")
     if not fs.exists(path):
         return None
     data = json.loads(fs.cat_file(path))
     if data.pop("settings", None) != settings:
+        if named:
+            raise ConfigError(
+                "train.name",
+                f"{run_dir} finished with other settings (network, data or training); choose "
+                "another train.name, or remove that run to train it again",
+            )
         return None
     net.load_state_dict(load(data["model"]).state_dict())
     net.spec["classes"] = classes

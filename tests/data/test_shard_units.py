@@ -128,3 +128,54 @@ def test_a_parquet_shard_cut_short_is_recorded_like_a_tar(shapes, tmp_path):
     assert member.source.endswith(f"#{TRUNCATED}") and "unreadable Parquet shard" in str(
         member.data
     )
+
+
+def test_a_parquet_shard_with_bad_pages_keeps_the_rows_before_them(shapes, tmp_path):
+    files = sorted((shapes / "folder").rglob("*.png"))[:10]
+    table = pa.table({"image": [{"bytes": f.read_bytes()} for f in files], "label": [0] * 10})
+    path = tmp_path / "bad.parquet"
+    pq.write_table(table, path, row_group_size=5, compression="snappy")
+    start = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + 64] = b"\xff" * 64  # the second row group's first page header
+    path.write_bytes(bytes(data))
+    members = list(Reader(Unit("bad.parquet", "parquet", str(path))).members())
+    assert [isinstance(m.data, bytes) for m in members] == [True] * 5 + [False]
+    assert "unreadable Parquet shard" in str(members[-1].data)
+
+
+def test_a_storage_error_inside_a_parquet_shard_fails_the_read(shapes, tmp_path, monkeypatch):
+    files = sorted((shapes / "folder").rglob("*.png"))[:4]
+    table = pa.table({"image": [{"bytes": f.read_bytes()} for f in files], "label": [0] * 4})
+    pq.write_table(table, tmp_path / "ok.parquet")
+    opened = CountedFS._open
+
+    def hanging_up(self, path, mode="rb", **kwargs):
+        f = opened(self, path, mode, **kwargs)
+        f.read = lambda *args: (_ for _ in ()).throw(ConnectionResetError("the store hung up"))
+        return f
+
+    monkeypatch.setattr(CountedFS, "_open", hanging_up)
+    unit = Unit("ok.parquet", "parquet", f"counted://{tmp_path}/ok.parquet")
+    with pytest.raises(ConnectionResetError):  # the task fails and Ray retries it: no record
+        list(Reader(unit).members())
+
+
+def test_what_decides_splits_and_labels_on_reading_is_in_the_fingerprint(shapes, tmp_path):
+    write_tars(shapes / "folder", tmp_path / "tars", per_shard=10, label="index", prefix="s")
+    names = list(SHAPE_NAMES)
+
+    def fingerprint(splits=None, **source):
+        source = {"uri": str(tmp_path / "tars"), "label_names": names, **source}
+        extra = {"splits": splits} if splits else {}
+        return plan_data(DataConfig(sources=[source], **extra)).fingerprint
+
+    base = fingerprint()
+    assert fingerprint() == base  # the same data and settings: the same feature set
+    changed = [
+        fingerprint(splits={"train": 0.5, "val": 0.5}),
+        fingerprint(split="val"),
+        fingerprint(label_names=names[::-1]),  # an index now means another class
+        fingerprint(label_column="json"),
+    ]
+    assert len({base, *changed}) == 5

@@ -238,8 +238,9 @@ def _submitted_where_run_locally(project: Path, output: str) -> None:
 
 def _every_shard_once(project: Path, output: str) -> None:
     """Ten shards, ten finished units, every generated image featurized once."""
-    assert "10" in [line.strip() for line in output.splitlines()], output[-3000:]  # `wc -l`
     (found,) = FeatureSet.under(str(project / "runs" / "wds-features"))
+    assert len(list(Path(found.uri, "_units").glob("*.json"))) == 10
+    assert "10" in [line.strip() for line in output.splitlines()], output[-3000:]  # `wc -l`
     ids = found.table(columns=["id"]).column("id")
     assert len(ids) == len(set(ids.to_pylist())) == 5000
 

@@ -4,6 +4,7 @@ project's own job configs."""
 
 import contextlib
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.net.heads import build_network
 from pipeline.net.saving import load
 from pipeline.settings import (
     AugmentConfig,
+    ConfigError,
     DataConfig,
     FeaturizeConfig,
     FineTuneConfig,
@@ -39,7 +41,7 @@ from pipeline.settings import (
     TrainJobConfig,
     load_config,
 )
-from pipeline.train.fit import fit, fit_featurized
+from pipeline.train.fit import RESULT, _finished, fit, fit_featurized
 from pipeline.train.loop import FAIL_AFTER_EPOCH, accuracy_from_features
 from pipeline.train.streaming import row_bytes, streams
 
@@ -356,3 +358,10 @@ def test_a_feature_set_four_times_the_memory_budget_streams_within_it(tmp_path, 
     assert peak["streamed"] <= peak["in memory"] - data_bytes / 2**20 + budget / 2**20
     assert streamed.evaluation.n == memory.evaluation.n
     assert abs(streamed.evaluation.accuracy - memory.evaluation.accuracy) <= 0.1
+
+
+def test_a_named_run_finished_with_other_settings_is_refused_not_resumed(tmp_path):
+    (tmp_path / RESULT).write_text(json.dumps({"settings": "the old ones"}))
+    with pytest.raises(ConfigError, match=r"^train.name: .* finished with other settings"):
+        _finished(None, str(tmp_path), [], "new ones", named=True)
+    assert _finished(None, str(tmp_path), [], "new ones", named=False) is None  # a new run
