@@ -245,7 +245,15 @@ def _every_shard_once(project: Path, output: str) -> None:
     assert len(ids) == len(set(ids.to_pylist())) == 5000
 
 
+def _predicted_with_its_own_classes(project: Path, output: str) -> None:
+    """The hymenoptera predictions came from the hymenoptera network (`latest` was that run):
+    the images' labels are the network's classes, so there is an accuracy to print."""
+    scores = re.findall(r"accuracy against the data's labels (\S+)", output)
+    assert scores, output[-3000:]  # another run's network: no label is one of its classes
+
+
 CHECKS = {
+    "jobs/configs/predict_hymenoptera.yaml": _predicted_with_its_own_classes,
     "cluster/local.sh submit train": _submitted_where_run_locally,
     "generate_shards('runs/wds'": _every_shard_once,
 }
