@@ -132,6 +132,12 @@ def depth_line(table: list[dict], metric: str, mode: str) -> str:
     ranked = sorted(best.items(), key=lambda kv: kv[1], reverse=mode == "max")
     (won, top), (second, runner) = ranked[:2]
     others = "; ".join(f"unfreeze {k}: {v:.4f}" for k, v in ranked[2:])
+    tied = [k for k, v in ranked if v == top]
+    if len(tied) > 1:  # no winner to name: a tie is said to be one
+        rest = "; ".join(f"unfreeze {k}: {v:.4f}" for k, v in ranked[len(tied) :])
+        return f"unfreeze {', '.join(tied)} tied: best {metric} {top:.4f}" + (
+            f"; {rest}" if rest else ""
+        )
     return (
         f"unfreeze {won} won: best {metric} {top:.4f} vs {runner:.4f} for unfreeze {second} "
         f"(by {abs(top - runner):.4f})" + (f"; {others}" if others else "")

@@ -336,3 +336,25 @@ def test_flowers_compare_preset_pretrained_rows_beat_scratch(ray_local, tmp_path
     assert val["frozen"] >= val["scratch"] + 0.15
     assert val["fine-tuned"] >= val["scratch"] + 0.15
     assert val["fine-tuned"] > val["frozen"]
+
+
+def test_the_depth_line_names_the_winner_by_its_margin_and_a_tie_as_one():
+    from pipeline.tune.results import depth_line
+
+    rows = [
+        {"unfreeze": 0, "best": 0.70},
+        {"unfreeze": 2, "best": 0.80},
+        {"unfreeze": 2, "best": 0.75},  # a depth's best trial speaks for it
+        {"unfreeze": 1, "best": 0.60},
+        {"row": "scratch", "unfreeze": 0, "best": 0.99},  # a compare preset's row: not a depth
+    ]
+    assert depth_line(rows, "val_accuracy", "max") == (
+        "unfreeze 2 won: best val_accuracy 0.8000 vs 0.7000 for unfreeze 0 (by 0.1000); "
+        "unfreeze 1: 0.6000"
+    )
+    assert depth_line(rows, "val_loss", "min").startswith("unfreeze 1 won: best val_loss 0.6000")
+    tie = [{"unfreeze": 0, "best": 1.0}, {"unfreeze": 1, "best": 1.0}, {"unfreeze": 2, "best": 0.5}]
+    assert depth_line(tie, "val_accuracy", "max") == (
+        "unfreeze 0, 1 tied: best val_accuracy 1.0000; unfreeze 2: 0.5000"
+    )
+    assert depth_line(rows[:1], "val_accuracy", "max") == ""  # one depth: nothing to compare
