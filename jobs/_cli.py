@@ -93,6 +93,9 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
     try:
         net = preflight.check(cfg)  # built once: the flow edits it
     except ConfigError as e:
+        # the interpreter must not end under a thread that is inside torch's or Ray's native
+        # imports: C++ aborts the process ("terminate called"), exit status -6 instead of 2
+        function.join()
         _refuse(e, opts)
     path = logs.setup(_log_file(job, cfg.output_root()), opts.verbose, divert_stderr=True)
     log.info("%s: full log in %s", job, path)
@@ -101,6 +104,7 @@ def run(job: str, cfg: BaseModel, flow: str, opts: Options = Options(), ray_: bo
         try:
             visibility.check_visible(cfg)  # a cluster of several machines: shared paths only
         except ConfigError as e:
+            function.join()  # as above: no exit while the flow's imports run
             _refuse(e, opts)
     try:
         result = function.get()(cfg) if net is None else function.get()(cfg, net)
