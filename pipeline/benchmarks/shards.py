@@ -28,20 +28,13 @@ from pathlib import Path
 from pipeline.data.shapes import SHAPES, generate_shards
 from pipeline.engine.dataflow import decode_tasks
 from pipeline.settings import FeaturizeConfig
+from pipeline.train.loop import peak_rss_mib
 
 log = logging.getLogger(__name__)
 PER_SHARD = 1000
 SIZE = 16
 # the driver's debug line (pipeline.features.run) the bytes are read from
 READ_LINE = re.compile(r"first part after ([\d.]+|-) s of the pass, (\d+) bytes read before it")
-
-
-def _peak_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return None
 
 
 def one_job(out: Path, n: int) -> dict:
@@ -68,7 +61,7 @@ def one_job(out: Path, n: int) -> dict:
     start, peak, first_part = time.perf_counter(), 0.0, None
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while job.poll() is None:
-        peak = max(peak, _peak_mib(job.pid) or 0.0)
+        peak = max(peak, peak_rss_mib(job.pid))
         if first_part is None and next(features.glob("*/part-*.parquet"), None) is not None:
             first_part = time.perf_counter() - start
         time.sleep(0.05)

@@ -281,10 +281,11 @@ def _sum(value: float, world: int, op: str = "SUM") -> float:
     return total.item()
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (VmHWM), in MiB; 0 where /proc has none."""
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """A process's peak resident memory so far (VmHWM), in MiB (this one's by default); 0
+    where /proc has none or the process is gone."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
     except (OSError, StopIteration):
         return 0.0

@@ -49,6 +49,17 @@ def test_a_job_prints_a_few_lines_and_logs_everything_to_its_output(ray_local, t
     assert verbose.returncode == 0 and "is complete; reusing it" in verbose.stderr  # debug
 
 
+def _train_own_data(tmp_path, *overrides: str, env: dict | None = None):
+    """``jobs.train`` with the shipped own_data.yaml on a few generated images in ``tmp_path``
+    (its working directory), as a user runs it."""
+    generate_shapes(tmp_path / "my_images", per_class=2, size=32)
+    config = str(REPO / "jobs/configs/own_data.yaml")
+    command = [sys.executable, "-m", "jobs.train", "--config", config, "data.sources=[my_images]"]
+    return subprocess.run(
+        [*command, *overrides], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mistake,field",
@@ -61,22 +72,9 @@ def test_a_job_prints_a_few_lines_and_logs_everything_to_its_output(ray_local, t
     ],
 )
 def test_a_mistake_exits_2_in_one_line_before_ray_starts(tmp_path, mistake, field):
-    generate_shapes(tmp_path / "my_images", per_class=2, size=32)
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.train",
-        "--config",
-        str(REPO / "jobs/configs/own_data.yaml"),
-        "data.sources=[my_images]",
-        "model.name=torchvision:mobilenet_v2",
-        mistake,
-    ]
     # an address nothing listens on: a job that got as far as ray.init would fail there instead
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
-    done = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = _train_own_data(tmp_path, "model.name=torchvision:mobilenet_v2", mistake, env=env)
     assert done.returncode == 2, done.stderr
     assert done.stdout == "" and done.stderr.startswith(f"error: {field}: ")
     assert done.stderr.count("\n") == 1
@@ -88,19 +86,8 @@ def test_a_mistake_exits_2_in_one_line_before_ray_starts(tmp_path, mistake, fiel
 def test_weights_of_another_architecture_name_the_one_they_fit_and_exit_2(tmp_path):
     from pipeline.net.tiny import TinyCNN
 
-    generate_shapes(tmp_path / "my_images", per_class=2, size=32)
     torch.save(TinyCNN().state_dict(), tmp_path / "cnn.pth")
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.train",
-        "--config",
-        str(REPO / "jobs/configs/own_data.yaml"),
-        "data.sources=[my_images]",
-        "model.name=tiny:resnet",
-        "model.weights=cnn.pth",
-    ]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = _train_own_data(tmp_path, "model.name=tiny:resnet", "model.weights=cnn.pth")
     assert done.returncode == 2, done.stderr
     assert done.stderr == (
         "error: model.name: weights 'cnn.pth' do not fit tiny:resnet; they fit tiny:cnn: "
